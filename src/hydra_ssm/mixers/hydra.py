@@ -1,0 +1,198 @@
+"""Hydra: the bidirectional (quasiseparable) state space mixer."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from .._checks import check_sequence_input
+from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_two_pass
+from .norm import GatedRMSNorm
+from .registry import SequenceMixer, register_mixer
+
+SCAN_IMPLS = {"fused": quasiseparable_chunked, "two_pass": quasiseparable_two_pass}
+
+
+def check_contiguous_mask(mask: torch.Tensor) -> None:
+    """Valid tokens must form one contiguous run per row (left and/or right padding)."""
+    if torch.compiler.is_compiling():
+        return
+    count = mask.sum(1)
+    idx = torch.arange(mask.shape[1], device=mask.device)
+    first = torch.where(mask, idx, mask.shape[1]).amin(1)
+    last = torch.where(mask, idx, -1).amax(1)
+    ok = (count == 0) | (last - first + 1 == count)
+    if not bool(ok.all()):
+        raise ValueError("attention_mask must mark one contiguous run of valid tokens per row (padding on the left and/or right)")
+
+
+@register_mixer("hydra")
+class Hydra(SequenceMixer):
+    """Hydra layer, a drop-in for the reference module (same arguments, defaults
+    and parameter names), running on any PyTorch device.
+
+    ``forward(u, attention_mask=None)``: u is (B, L, d_model); the optional mask
+    is (B, L), 1 for a valid token, padding on the left or right. Outputs at
+    valid positions equal those of each sequence run alone; padded positions
+    of the output are zero.
+
+    ``scan_impl`` chooses the quasiseparable algorithm: ``"fused"`` (default,
+    one pass over the chunks for both directions) or ``"two_pass"`` (the causal
+    scan on x and on the flipped x, kept for comparison).
+    ``use_mem_eff_path`` is accepted for compatibility and has no effect.
+    """
+
+    def __init__(
+        self,
+        d_model,
+        d_state=64,
+        d_conv=7,
+        conv_init=None,
+        expand=2,
+        headdim=64,
+        ngroups=1,
+        dt_min=0.001,
+        dt_max=0.1,
+        dt_init_floor=1e-4,
+        dt_limit=(0.0, float("inf")),
+        learnable_init_states=False,
+        activation="swish",
+        bias=False,
+        conv_bias=True,
+        chunk_size=256,
+        use_mem_eff_path=False,
+        layer_idx=None,
+        device=None,
+        dtype=None,
+        scan_impl="fused",
+    ):
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand),
+                            ("headdim", headdim), ("ngroups", ngroups), ("chunk_size", chunk_size)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if d_conv % 2 == 0:
+            raise ValueError(f"d_conv must be odd so the non-causal convolution keeps the length, got {d_conv}")
+        if (expand * d_model) % headdim != 0:
+            raise ValueError(f"expand * d_model ({expand} * {d_model} = {expand * d_model}) must be divisible by headdim ({headdim})")
+        nheads = expand * d_model // headdim
+        if nheads % ngroups != 0:
+            raise ValueError(f"the number of heads ({nheads}) must be divisible by ngroups ({ngroups})")
+        if activation not in ("silu", "swish"):
+            raise ValueError(f"activation must be 'silu' or 'swish', got {activation!r}")
+        if not (0 < dt_min <= dt_max):
+            raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
+        if len(dt_limit) != 2 or not dt_limit[0] < dt_limit[1]:
+            raise ValueError(f"dt_limit must be a pair (low, high) with low < high, got {dt_limit!r}")
+        if scan_impl not in SCAN_IMPLS:
+            raise ValueError(f"scan_impl must be one of {sorted(SCAN_IMPLS)}, got {scan_impl!r}")
+
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.conv_init = conv_init
+        self.expand = expand
+        self.d_inner = expand * d_model
+        self.headdim = headdim
+        self.ngroups = ngroups
+        self.nheads = nheads
+        self.dt_limit = tuple(dt_limit)
+        self.learnable_init_states = learnable_init_states
+        self.activation = activation
+        self.chunk_size = chunk_size
+        self.use_mem_eff_path = use_mem_eff_path
+        self.layer_idx = layer_idx
+        self.scan_impl = scan_impl
+
+        # in_proj columns: [z (d_inner) | x (d_inner), B_f, C_f, B_b, C_b (G*N each) | dt_f, dt_b (H each)]
+        self.bc_dim = ngroups * d_state
+        self.conv_dim = self.d_inner + 4 * self.bc_dim
+        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + 2 * nheads, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim,
+                                padding=d_conv // 2, bias=conv_bias, **factory)
+        if conv_init is not None:
+            nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
+        if learnable_init_states:
+            self.init_states = nn.Parameter(torch.zeros(nheads, headdim, d_state, **factory))
+            self.init_states._no_weight_decay = True
+
+        # dt bias: softplus^{-1} of dt drawn log-uniformly in [dt_min, dt_max]
+        dt = torch.exp(torch.rand(nheads, **factory) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_bias._no_weight_decay = True
+        self.A_log = nn.Parameter(torch.zeros(nheads, device=device, dtype=dtype))  # A = -exp(A_log) = -1
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(nheads, device=device))
+        self.D._no_weight_decay = True
+        self.fc_D = nn.Linear(self.d_inner, nheads, bias=False, **factory)
+        self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, **factory)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    # ------------------------------------------------------------------ pieces
+    def _value_stream(self, u: torch.Tensor, mask: torch.Tensor | None):
+        """in_proj, masked non-causal conv, activation, split; dt with padding zeroed.
+
+        Returns z, x (B, L, H, P), B_f, C_f, B_b, C_b (B, L, G, N), dt_f, dt_b (B, L, H).
+        """
+        z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
+        if mask is not None:
+            xBC = xBC * mask[..., None].to(xBC.dtype)  # padding acts as the conv's zero padding
+        xBC = F.silu(self.conv1d(xBC.transpose(1, 2)).transpose(1, 2))
+        x, B_f, C_f, B_b, C_b = torch.split(xBC, [self.d_inner] + [self.bc_dim] * 4, dim=-1)
+        # both directions share dt_bias: (B, L, 2, H)
+        dt = F.softplus(rearrange(dt.float(), "b l (two h) -> b l two h", two=2) + self.dt_bias.float())
+        if self.dt_limit != (0.0, float("inf")):
+            dt = dt.clamp(self.dt_limit[0], self.dt_limit[1])
+        if mask is not None:
+            # dt = 0 at padding: no input, no decay; C = 0: no output read from padded rows.
+            dt = dt * mask[..., None, None]
+            C_f = C_f * mask[..., None].to(C_f.dtype)
+            C_b = C_b * mask[..., None].to(C_b.dtype)
+        dt_f, dt_b = dt.unbind(dim=2)
+        x = rearrange(x, "b l (h p) -> b l h p", p=self.headdim)
+        B_f, C_f, B_b, C_b = (rearrange(t, "b l (g n) -> b l g n", g=self.ngroups) for t in (B_f, C_f, B_b, C_b))
+        return z, x, B_f, C_f, B_b, C_b, dt_f, dt_b
+
+    def _A(self):
+        return -torch.exp(self.A_log.float())
+
+    def _diag(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-token diagonal D_t = fc_D(x_t) + D, (B, L, H)."""
+        return F.linear(rearrange(x, "b l h p -> b l (h p)"), self.fc_D.weight, self.D.to(x.dtype))
+
+    def _check(self, u, attention_mask):
+        mask = check_sequence_input(u, self.d_model, attention_mask)
+        if mask is not None:
+            check_contiguous_mask(mask)
+        return mask
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        mask = self._check(u, attention_mask)
+        z, x, B_f, C_f, B_b, C_b, dt_f, dt_b = self._value_stream(u, mask)
+        init = self.init_states if self.learnable_init_states else None
+        y = SCAN_IMPLS[self.scan_impl](x, dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x),
+                                       chunk_size=self.chunk_size, initial_states=init)
+        out = self.out_proj(self.norm(rearrange(y, "b l h p -> b l (h p)"), z))
+        if mask is not None:
+            out = out * mask[..., None].to(out.dtype)
+        return out
+
+    def materialize(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The (B, H, L, L) matrix applied to the value stream x (after conv and
+        activation): ``y[:, i, h] = sum_j M[:, h, i, j] x[:, j, h]`` before
+        norm, gate and out_proj. Learnable initial states, if any, add an
+        affine term that is not part of the matrix."""
+        mask = self._check(u, attention_mask)
+        _, x, B_f, C_f, B_b, C_b, dt_f, dt_b = self._value_stream(u, mask)
+        return quasiseparable_matrix(dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x))
+
+    def extra_repr(self) -> str:
+        return (f"d_model={self.d_model}, d_state={self.d_state}, nheads={self.nheads}, headdim={self.headdim}, "
+                f"ngroups={self.ngroups}, chunk_size={self.chunk_size}, scan_impl={self.scan_impl!r}")

@@ -1,0 +1,84 @@
+"""Registry of sequence mixers.
+
+Every mixer is one ``nn.Module`` class registered under a name::
+
+    from hydra_ssm.mixers import SequenceMixer, register_mixer
+
+    @register_mixer("my_mixer")
+    class MyMixer(SequenceMixer):
+        def __init__(self, d_model, **kwargs): ...
+        def forward(self, u, attention_mask=None): ...
+
+and is then built by name with :func:`build_mixer`. Nothing in the library
+branches on mixer names.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Callable, TypeVar
+
+import torch
+from torch import nn
+
+_MIXERS: dict[str, type["SequenceMixer"]] = {}
+
+T = TypeVar("T", bound=type)
+
+
+class SequenceMixer(nn.Module):
+    """Base class of all mixers: ``(B, L, d_model) -> (B, L, d_model)``.
+
+    ``attention_mask`` is ``(B, L)``, 1 (or True) for a valid token. Outputs at
+    valid positions must not depend on padded ones.
+    """
+
+    mixer_name: str = ""
+
+    def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+    def materialize(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The ``(B, H, L, L)`` matrix this mixer applies to its value stream for input ``u``."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement materialize()")
+
+
+def register_mixer(name: str) -> Callable[[T], T]:
+    """Class decorator: register a :class:`SequenceMixer` subclass under ``name``."""
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"register_mixer: name must be a non-empty string, got {name!r}")
+
+    def decorator(cls: T) -> T:
+        if name in _MIXERS and _MIXERS[name] is not cls:
+            raise ValueError(f"register_mixer: a mixer named {name!r} is already registered ({_MIXERS[name].__name__})")
+        cls.mixer_name = name
+        _MIXERS[name] = cls
+        return cls
+
+    return decorator
+
+
+def get_mixer_class(name: str) -> type[SequenceMixer]:
+    """The class registered under ``name``; a ValueError lists the known names otherwise."""
+    try:
+        return _MIXERS[name]
+    except KeyError:
+        raise ValueError(f"unknown mixer {name!r}; registered mixers: {', '.join(sorted(_MIXERS))}") from None
+
+
+def build_mixer(name: str, d_model: int, *, strict: bool = True, **kwargs) -> SequenceMixer:
+    """Instantiate the mixer registered under ``name``.
+
+    With ``strict=False`` the keyword arguments the class does not accept are
+    dropped, so one bundle of options (a model config) can build any mixer.
+    """
+    cls = get_mixer_class(name)
+    if not strict:
+        params = inspect.signature(cls.__init__).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return cls(d_model=d_model, **kwargs)
+
+
+def available_mixers() -> list[str]:
+    return sorted(_MIXERS)

@@ -1,0 +1,143 @@
+"""Obviously-correct references: explicit L x L matrices and per-token loops.
+
+They are quadratic (or sequential) and meant for tests and for
+``materialize()``; the fast paths live in ``semiseparable.py`` and
+``quasiseparable.py``.
+
+Layout: x (B, L, H, P), dt (B, L, H), A (H,), B/C (B, L, G, N); states
+(B, H, P, N). Head h uses group h // (H / G).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._shapes import check_D, check_ssm_args, check_state, compute_dtype, expand_groups
+
+
+def _log_decay_between(log_a: torch.Tensor) -> torch.Tensor:
+    """seg[b, h, i, j] = sum_{k=j+1..i} log_a[b, k, h] for j <= i, -inf above the diagonal.
+
+    log_a: (B, L, H). Returns (B, H, L, L).
+    """
+    cs = torch.cumsum(log_a, dim=1).transpose(1, 2)  # (B, H, L)
+    seg = cs[..., :, None] - cs[..., None, :]
+    length = log_a.shape[1]
+    lower = torch.ones(length, length, dtype=torch.bool, device=log_a.device).tril()
+    return seg.masked_fill(~lower, float("-inf"))
+
+
+def semiseparable_matrix(dt, A, B, C) -> torch.Tensor:
+    """The causal SSD (Mamba-2) matrix, (B, H, L, L)::
+
+        M[i, j] = C_i . B_j * dt_j * prod_{k=j+1..i} exp(dt_k A)   for j <= i, else 0
+    """
+    nheads = dt.shape[-1]
+    Bh = expand_groups(B, nheads)
+    Ch = expand_groups(C, nheads)
+    cb = torch.einsum("bihn,bjhn->bhij", Ch, Bh)
+    decay = torch.exp(_log_decay_between(dt * A))
+    return cb * decay * dt.transpose(1, 2)[:, :, None, :]
+
+
+def semiseparable_ref(x, dt, A, B, C, initial_states=None, return_final_states=False):
+    """Causal SSD applied through its explicit matrix; computed in float64."""
+    b, l, h, p, g, n = check_ssm_args(x, dt, A, B, C)
+    initial_states = check_state(initial_states, b, h, p, n, "initial_states")
+    out_dtype = x.dtype
+    x, dt, A, B, C = (t.double() for t in (x, dt, A, B, C))
+    M = semiseparable_matrix(dt, A, B, C)
+    y = torch.einsum("bhij,bjhp->bihp", M, x)
+    log_a = dt * A  # (B, L, H)
+    cs = torch.cumsum(log_a, dim=1)  # decay from the start through position i
+    if initial_states is not None:
+        s0 = initial_states.double()
+        y = y + torch.exp(cs)[..., None] * torch.einsum("bihn,bhpn->bihp", expand_groups(C, h), s0)
+    if not return_final_states:
+        return y.to(out_dtype)
+    # final[p, n] = sum_j exp(cs_last - cs_j) dt_j x_j B_j^T (+ exp(cs_last) s0)
+    w = torch.exp(cs[:, -1:] - cs) * dt  # (B, L, H)
+    final = torch.einsum("bjh,bjhp,bjhn->bhpn", w, x, expand_groups(B, h))
+    if initial_states is not None:
+        final = final + torch.exp(cs[:, -1])[..., None, None] * initial_states.double()
+    return y.to(out_dtype), final.to(out_dtype)
+
+
+def semiseparable_loop(x, dt, A, B, C, initial_states=None):
+    """The causal SSD as a plain per-token recurrence (float64). Returns (y, final_state)."""
+    b, l, h, p, g, n = check_ssm_args(x, dt, A, B, C)
+    initial_states = check_state(initial_states, b, h, p, n, "initial_states")
+    out_dtype = x.dtype
+    x, dt, A, B, C = (t.double() for t in (x, dt, A, B, C))
+    Bh, Ch = expand_groups(B, h), expand_groups(C, h)
+    state = x.new_zeros(b, h, p, n) if initial_states is None else initial_states.double().clone()
+    ys = []
+    for t in range(l):
+        a = torch.exp(dt[:, t] * A)  # (B, H)
+        state = a[..., None, None] * state + (dt[:, t, :, None, None] * x[:, t, :, :, None] * Bh[:, t, :, None, :])
+        ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t]))
+    return torch.stack(ys, dim=1).to(out_dtype), state.to(out_dtype)
+
+
+def quasiseparable_matrix(dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None) -> torch.Tensor:
+    """Hydra's quasiseparable matrix, (B, H, L, L)::
+
+        Q[i, j] = C_f[i-1] . B_f[j] dt_f[j] prod_{k=j+1..i-1} a_f[k]   (j < i)
+        Q[i, j] = C_b[i+1] . B_b[j] dt_b[j] prod_{k=i+1..j-1} a_b[k]   (j > i)
+        Q[i, i] = D[i]                                                  (0 if D is None)
+
+    with a_f[k] = exp(dt_f[k] A), a_b[k] = exp(dt_b[k] A).
+    """
+    b, l, h = dt_fwd.shape
+    # Forward: the causal SSD matrix shifted down one row (row 0 is zero).
+    fwd = semiseparable_matrix(dt_fwd, A, B_fwd, C_fwd)
+    Q = torch.zeros_like(fwd)
+    Q[:, :, 1:, :] = fwd[:, :, :-1, :]
+    # Backward: the causal SSD matrix of the reversed sequence, shifted, then reversed back.
+    rev = semiseparable_matrix(dt_bwd.flip(1), A, B_bwd.flip(1), C_bwd.flip(1))
+    bwd = torch.zeros_like(rev)
+    bwd[:, :, 1:, :] = rev[:, :, :-1, :]
+    Q = Q + bwd.flip(-1).flip(-2)
+    if D is not None:
+        D = check_D(D, b, l, h)
+        diag = D.expand(b, l, h).transpose(1, 2) if D.dim() == 1 else D.transpose(1, 2)
+        Q = Q + torch.diag_embed(diag)
+    return Q
+
+
+def _split_states(initial_states, b, h, p, n):
+    if isinstance(initial_states, (tuple, list)):
+        if len(initial_states) != 2:
+            raise ValueError("initial_states must be a tensor or a (forward, backward) pair")
+        fwd, bwd = initial_states
+    else:
+        fwd = bwd = initial_states
+    return (check_state(fwd, b, h, p, n, "initial_states (forward)"),
+            check_state(bwd, b, h, p, n, "initial_states (backward)"))
+
+
+def quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, initial_states=None):
+    """Hydra's quasiseparable mixer applied through its explicit matrix (float64).
+
+    ``initial_states``: None, one (B, H, P, N) / (H, P, N) tensor used by both
+    directions, or a (forward, backward) pair.
+    """
+    b, l, h, p, g, n = check_ssm_args(x, dt_fwd, A, B_fwd, C_fwd, prefix="")
+    check_ssm_args(x, dt_bwd, A, B_bwd, C_bwd, prefix="")
+    s_fwd, s_bwd = _split_states(initial_states, b, h, p, n)
+    out_dtype = x.dtype
+    x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd = (
+        t.double() for t in (x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd))
+    D = None if D is None else check_D(D, b, l, h).double()
+    Q = quasiseparable_matrix(dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D)
+    y = torch.einsum("bhij,bjhp->bihp", Q, x)
+    if s_fwd is not None:
+        # y_f[i] = C_f[i-1]^T exp(sum_{k<=i-1} log a_f) s0 for i >= 1
+        cs = torch.cumsum(dt_fwd * A, dim=1)
+        contrib = torch.exp(cs)[..., None] * torch.einsum("bihn,bhpn->bihp", expand_groups(C_fwd, h), s_fwd.double())
+        y[:, 1:] += contrib[:, :-1]
+    if s_bwd is not None:
+        cs = torch.cumsum((dt_bwd * A).flip(1), dim=1).flip(1)  # sum_{k>=i}
+        contrib = torch.exp(cs)[..., None] * torch.einsum("bihn,bhpn->bihp", expand_groups(C_bwd, h), s_bwd.double())
+        y[:, :-1] += contrib[:, 1:]
+    return y.to(out_dtype)
