@@ -1,9 +1,107 @@
-"""Chunked Hydra (placeholder: delegates to the reference until the kernel lands)."""
-from .reference import quasiseparable_ref
+"""Hydra's quasiseparable mixer: the fused chunked form and the two-pass baseline.
+
+Both compute, for x (B, L, H, P)::
+
+    y = shift(SS_f(x)) + flip(shift(SS_b(flip(x)))) + D * x
+
+where SS is the causal SSD (``semiseparable_chunked``) and shift moves outputs
+one position later (row 0 gets zero). The explicit matrix is
+``reference.quasiseparable_matrix``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._layout import check_chunk_size, from_chunks, to_chunks
+from ._shapes import check_D, check_ssm_args, compute_dtype
+from .chunked import Direction, chunk_scan
+from .reference import _split_states
+from .semiseparable import semiseparable_chunked
+
+FORWARD = Direction(lower=True, strict=True)
+BACKWARD = Direction(lower=False, strict=True)
 
 
-def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size=64, initial_states=None):
-    return quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states)
+def _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, initial_states):
+    b, l, h, p, g, n = check_ssm_args(x, dt_fwd, A, B_fwd, C_fwd, prefix="fwd ")
+    check_ssm_args(x, dt_bwd, A, B_bwd, C_bwd, prefix="bwd ")
+    if B_bwd.shape != B_fwd.shape:
+        raise ValueError(f"B_bwd must have the shape of B_fwd {tuple(B_fwd.shape)}, got {tuple(B_bwd.shape)}")
+    check_chunk_size(chunk_size)
+    check_D(D, b, l, h)
+    return (b, l, h, p, g, n), _split_states(initial_states, b, h, p, n)
 
 
-quasiseparable_two_pass = quasiseparable_chunked
+def _add_diag(y, x, D):
+    if D is None:
+        return y
+    return y + x * D.to(y.dtype).unsqueeze(-1)
+
+
+def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size: int = 64,
+                           initial_states=None):
+    """Hydra's mixer in one pass over the chunks for both directions.
+
+    Args:
+        x: (B, L, H, P) values.
+        dt_fwd, dt_bwd: (B, L, H) step sizes of the two directions (>= 0).
+        A: (H,) negative decay rates (shared by both directions).
+        B_fwd, C_fwd, B_bwd, C_bwd: (B, L, G, N).
+        D: None, (H,) or (B, L, H): the diagonal.
+        chunk_size: positions per chunk; any L is accepted.
+        initial_states: None, a (B, H, P, N) / (H, P, N) state used by both
+            directions, or a (forward, backward) pair.
+
+    Each Q x Q diagonal block (both triangles) is built once and applied with
+    one matmul; forward states are carried left to right and backward states
+    right to left in the same call, without flipped copies.
+    Computed in float32 (float64 if any input is float64); output in x's dtype.
+    """
+    (b, l, h, p, g, n), (s_fwd, s_bwd) = _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size,
+                                                initial_states)
+    out_dtype = x.dtype
+    cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D)
+    q = min(chunk_size, l)
+    # Output i reads C_f[i-1] (forward) and C_b[i+1] (backward).
+    C_fwd = F.pad(C_fwd.to(cdt), (0, 0, 0, 0, 1, 0))[:, :l]
+    C_bwd = F.pad(C_bwd.to(cdt), (0, 0, 0, 0, 0, 1))[:, 1:]
+
+    xc = to_chunks(x.to(cdt), q)
+    A = A.to(cdt)[:, None, None]
+    dirs = []
+    for direction, dt, B, C, s0 in ((FORWARD, dt_fwd, B_fwd, C_fwd, s_fwd), (BACKWARD, dt_bwd, B_bwd, C_bwd, s_bwd)):
+        dtc = to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1)
+        log_a = dtc * A
+        cs = torch.cumsum(log_a, dim=-1)  # sum over chunk start .. i
+        ecs = cs - log_a  # sum over chunk start .. i-1
+        total = cs[..., -1]
+        if direction.lower:
+            r, k = ecs, cs  # M[i, j] decays over j+1 .. i-1
+        else:
+            r, k = total.unsqueeze(-1) - cs, total.unsqueeze(-1) - ecs  # decays over i+1 .. j-1
+        init = None if s0 is None else s0.to(cdt).transpose(-1, -2).contiguous()
+        dirs.append((to_chunks(C.to(cdt), q), to_chunks(B.to(cdt), q), dtc, r, k, total, init))
+    y, _ = chunk_scan([FORWARD, BACKWARD], xc, dirs)
+    y = from_chunks(y, l)
+    return _add_diag(y, x.to(cdt), None if D is None else D.to(cdt)).to(out_dtype)
+
+
+def _shift(y):
+    """Move outputs one position later along L; position 0 gets zero."""
+    return F.pad(y, (0, 0, 0, 0, 1, 0))[:, :-1]
+
+
+def quasiseparable_two_pass(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size: int = 64,
+                            initial_states=None):
+    """The same mixer as :func:`quasiseparable_chunked`, computed as two causal
+    scans: one on x, one on the flipped x (same arguments)."""
+    _, (s_fwd, s_bwd) = _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, initial_states)
+    cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D)
+    xf = x.to(cdt)
+    y_fwd = semiseparable_chunked(xf, dt_fwd, A, B_fwd, C_fwd, chunk_size, s_fwd)
+    flip = lambda t: t.flip(1)  # noqa: E731
+    y_bwd = semiseparable_chunked(flip(xf), flip(dt_bwd), A, flip(B_bwd), flip(C_bwd), chunk_size, s_bwd)
+    y = _shift(y_fwd) + flip(_shift(y_bwd))
+    return _add_diag(y, xf, None if D is None else D.to(cdt)).to(x.dtype)
