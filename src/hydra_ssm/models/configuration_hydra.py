@@ -1,0 +1,215 @@
+"""Configuration of the Hydra encoders (text and image) for HuggingFace transformers.
+
+One config class serves every mixer in the registry: ``matrix_mixer_type``
+names the sequence mixer ("hydra", "mha", or any other registered name), and
+the mixer options below are handed to :func:`hydra_ssm.mixers.build_mixer`,
+which drops the ones a mixer class does not accept.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from transformers import PretrainedConfig
+
+from ..mixers import get_mixer_class  # importing hydra_ssm.mixers registers the built-in mixers
+
+POOLING_MODES = ("cls", "mean")
+
+
+def _accepts(cls, name: str) -> bool:
+    params = inspect.signature(cls.__init__).parameters
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+class HydraConfig(PretrainedConfig):
+    r"""Configuration of :class:`HydraModel` and its task heads.
+
+    Field names and defaults follow the BERT configuration of the Hydra paper's
+    reference code (a bert-base-uncased config extended with mixer fields), so
+    its configs and checkpoints map one to one.
+
+    Text encoder:
+        vocab_size (int): vocabulary size (30528 = bert-base-uncased padded to a multiple of 8).
+        hidden_size (int): model width.
+        num_hidden_layers (int): number of blocks.
+        type_vocab_size (int): number of token types (segment ids); 0 disables the embedding.
+        use_position_embeddings (bool): add learned absolute position embeddings
+            (the paper's Hydra BERT has none: the mixer is position-aware).
+        max_position_embeddings (int): longest sequence (position table size; also
+            the sequence length of data-independent mixers).
+        pad_token_id (int): id of the padding token.
+
+    Blocks:
+        matrix_mixer_type (str): registered mixer name: "hydra", "mha" (softmax
+            attention baseline), or any other name known to the mixer registry.
+        is_prenorm (bool): pre-norm blocks with a final LayerNorm, instead of
+            the reference's post-norm blocks ``LayerNorm(x + mixer(x))``.
+        intermediate_size (int): width of an optional MLP after each mixer; 0
+            (default) means mixer-only blocks, as in the paper.
+        hidden_act (str): activation of the MLP and of the masked-LM head.
+        block_norm_eps (float): epsilon of the per-block LayerNorms (1e-5 in the reference).
+        layer_norm_eps (float): epsilon of the embedding, final and head LayerNorms.
+        hidden_dropout_prob (float): dropout on embeddings, MLP outputs and classifier inputs.
+        attention_probs_dropout_prob (float): passed to mixers as ``dropout`` (attention dropout of "mha").
+        classifier_dropout (float or None): dropout before classifiers; defaults to hidden_dropout_prob.
+        initializer_range (float): std of the normal init of Linear and Embedding weights.
+
+    Mixer options (each used by the mixers that accept it):
+        d_state, d_conv, expand, headdim, ngroups, chunk_size: Hydra / SSM options.
+        is_data_dependent (bool), qk_dim (int): matrix-mixer options; data-independent
+            mixers size their parameters by ``max_position_embeddings``.
+        num_attention_heads (int): heads of "mha".
+        mixer_options (dict): any further keyword arguments for the mixer.
+
+    Heads:
+        pooling ("cls" | "mean"): sequence summary for classification. Text:
+            "cls" takes the first valid token through a dense+tanh pooler (BERT),
+            "mean" averages the valid tokens through the same pooler. Image:
+            "cls" prepends a learned class token, "mean" averages the patches.
+        num_labels / problem_type / id2label / label2id: as in every transformers config.
+
+    Image encoder (HydraForImageClassification):
+        image_size, patch_size, num_channels: ViT-style non-overlapping patches.
+    """
+
+    model_type = "hydra"
+
+    def __init__(
+        self,
+        vocab_size: int = 30528,
+        hidden_size: int = 768,
+        num_hidden_layers: int = 23,
+        matrix_mixer_type: str = "hydra",
+        is_data_dependent: bool = True,
+        d_state: int = 64,
+        d_conv: int = 7,
+        expand: int = 2,
+        headdim: int = 64,
+        ngroups: int = 1,
+        qk_dim: int = 16,
+        chunk_size: int = 256,
+        num_attention_heads: int = 12,
+        mixer_options: dict | None = None,
+        is_prenorm: bool = False,
+        intermediate_size: int = 0,
+        hidden_act: str = "gelu",
+        use_position_embeddings: bool = False,
+        max_position_embeddings: int | None = 512,
+        type_vocab_size: int = 2,
+        hidden_dropout_prob: float = 0.1,
+        attention_probs_dropout_prob: float = 0.0,
+        classifier_dropout: float | None = None,
+        layer_norm_eps: float = 1e-12,
+        block_norm_eps: float = 1e-5,
+        initializer_range: float = 0.02,
+        pooling: str = "cls",
+        image_size: int = 224,
+        patch_size: int = 16,
+        num_channels: int = 3,
+        pad_token_id: int = 0,
+        tie_word_embeddings: bool = True,
+        **kwargs,
+    ):
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.matrix_mixer_type = matrix_mixer_type
+        self.is_data_dependent = is_data_dependent
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.headdim = headdim
+        self.ngroups = ngroups
+        self.qk_dim = qk_dim
+        self.chunk_size = chunk_size
+        self.num_attention_heads = num_attention_heads
+        self.mixer_options = dict(mixer_options or {})
+        self.is_prenorm = is_prenorm
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.use_position_embeddings = use_position_embeddings
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.classifier_dropout = classifier_dropout
+        self.layer_norm_eps = layer_norm_eps
+        self.block_norm_eps = block_norm_eps
+        self.initializer_range = initializer_range
+        self.pooling = pooling
+        self.image_size = image_size
+        self.patch_size = patch_size
+        self.num_channels = num_channels
+        super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
+        self.validate_hydra()
+
+    # ------------------------------------------------------------ validation
+    def validate_hydra(self) -> None:
+        """Raise a ValueError naming the field when the configuration cannot build a model."""
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "image_size", "patch_size", "num_channels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"HydraConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("type_vocab_size", "intermediate_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"HydraConfig.{name} must be a non-negative integer, got {value!r}")
+        if self.pooling not in POOLING_MODES:
+            raise ValueError(f"HydraConfig.pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        if self.image_size % self.patch_size != 0:
+            raise ValueError(f"HydraConfig.image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
+        mpe = self.max_position_embeddings
+        if mpe is not None and (not isinstance(mpe, int) or isinstance(mpe, bool) or mpe <= 0):
+            raise ValueError(f"HydraConfig.max_position_embeddings must be a positive integer or None, got {mpe!r}")
+        if self.use_position_embeddings and mpe is None:
+            raise ValueError("HydraConfig: use_position_embeddings=True needs max_position_embeddings")
+
+        try:
+            mixer_cls = get_mixer_class(self.matrix_mixer_type)
+        except ValueError as err:
+            raise ValueError(f"HydraConfig.matrix_mixer_type: {err}") from None
+
+        options = self.mixer_kwargs(seq_len=mpe)
+        if _accepts(mixer_cls, "headdim") and "headdim" in options:
+            width = options.get("expand", 1) * self.hidden_size if _accepts(mixer_cls, "expand") else self.hidden_size
+            if width % options["headdim"] != 0:
+                raise ValueError(
+                    f"HydraConfig: hidden_size * expand ({width}) must be divisible by headdim ({options['headdim']}) "
+                    f"for matrix_mixer_type={self.matrix_mixer_type!r}")
+        if _accepts(mixer_cls, "num_heads") and self.hidden_size % self.num_attention_heads != 0:
+            raise ValueError(
+                f"HydraConfig: hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads}) for matrix_mixer_type={self.matrix_mixer_type!r}")
+        if not self.is_data_dependent and mpe is None and (
+                _accepts(mixer_cls, "is_data_dependent") or _accepts(mixer_cls, "max_seq_len")):
+            raise ValueError(
+                f"HydraConfig: the data-independent mixer {self.matrix_mixer_type!r} (is_data_dependent=False) sizes its "
+                "parameters by the sequence length: set max_position_embeddings")
+
+    # ------------------------------------------------------------ mixer kwargs
+    def mixer_kwargs(self, seq_len: int | None = None, layer_idx: int | None = None) -> dict:
+        """Keyword arguments for ``build_mixer(matrix_mixer_type, hidden_size, strict=False, **kwargs)``.
+
+        ``seq_len`` is the (maximum) sequence length the mixer sees: it caps the
+        chunk size (as the reference does) and sizes data-independent mixers.
+        """
+        chunk = self.chunk_size if seq_len is None else max(1, min(self.chunk_size, seq_len))
+        kwargs = dict(
+            d_state=self.d_state, d_conv=self.d_conv, expand=self.expand, headdim=self.headdim, ngroups=self.ngroups,
+            chunk_size=chunk, qk_dim=self.qk_dim, is_data_dependent=self.is_data_dependent,
+            num_heads=self.num_attention_heads, dropout=self.attention_probs_dropout_prob, layer_idx=layer_idx,
+        )
+        if seq_len is not None:
+            kwargs["max_seq_len"] = seq_len
+        kwargs.update(self.mixer_options)
+        return kwargs
+
+    @property
+    def num_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def image_seq_len(self) -> int:
+        """Tokens the image encoder mixes: the patches, plus the class token with pooling="cls"."""
+        return self.num_patches + (1 if self.pooling == "cls" else 0)

@@ -1,0 +1,478 @@
+"""Hydra encoders as HuggingFace transformers models.
+
+Read top to bottom:
+
+1. ``HydraEmbeddings``        token (+ segment, + optional position) embeddings, LayerNorm, dropout
+2. ``HydraBlock``             one sequence mixer (any registered name) with residual and LayerNorm,
+                              optionally followed by an MLP
+3. ``HydraEncoder``           the stack of blocks (+ final LayerNorm when pre-norm), gradient checkpointing
+4. ``HydraPreTrainedModel``   init, config class, checkpointing support
+5. ``HydraModel``             the text encoder (+ pooler)
+6. heads                      masked LM (tied embeddings), sequence and token classification
+7. ``HydraForImageClassification``  ViT-style patches through the same encoder
+
+Padding: ``attention_mask`` (B, L), 1 = valid token, padding on the left or
+right. Mixers see the mask and ignore padded tokens; position ids count valid
+tokens only; pooling reads valid tokens only. So the outputs at valid positions
+do not depend on how much padding a batch carries.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPooling,
+    ImageClassifierOutput,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+from transformers.utils import logging
+
+from ..mixers import build_mixer
+from .configuration_hydra import HydraConfig
+
+logger = logging.get_logger(__name__)
+
+try:  # transformers >= 5 marks what its initializers touched, so loading never overwrites loaded weights
+    from transformers import initialization as _init
+except ImportError:  # pragma: no cover - transformers 4.x
+    _init = nn.init
+
+_TRANSFORMERS_V5 = int(__import__("transformers").__version__.split(".")[0]) >= 5
+
+
+def _as_bool_mask(attention_mask: torch.Tensor | None, shape, device) -> torch.Tensor | None:
+    """(B, L) bool mask, or None when every token is valid (the mixers' fast path)."""
+    if attention_mask is None:
+        return None
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ValueError(f"attention_mask must have shape (batch, seqlen) = {tuple(shape)}, got {tuple(attention_mask.shape)}")
+    mask = attention_mask.to(device=device).bool()
+    return None if bool(mask.all()) else mask
+
+
+def _classification_loss(config: HydraConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """BERT's rule: regression for one label, cross-entropy for integer labels, BCE otherwise."""
+    num_labels = config.num_labels
+    if config.problem_type is None:
+        if num_labels == 1:
+            config.problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            config.problem_type = "single_label_classification"
+        else:
+            config.problem_type = "multi_label_classification"
+    labels = labels.to(logits.device)
+    if config.problem_type == "regression":
+        if num_labels == 1:
+            return MSELoss()(logits.squeeze(-1), labels.view(-1).to(logits.dtype))
+        return MSELoss()(logits, labels.to(logits.dtype))
+    if config.problem_type == "single_label_classification":
+        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
+    if config.problem_type == "multi_label_classification":
+        return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+    raise ValueError(f"unknown problem_type {config.problem_type!r}")
+
+
+# ---------------------------------------------------------------------------- 1. embeddings
+class HydraEmbeddings(nn.Module):
+    """word + token type (+ learned absolute position) embeddings, then LayerNorm and dropout."""
+
+    def __init__(self, config: HydraConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.token_type_embeddings = (
+            nn.Embedding(config.type_vocab_size, config.hidden_size) if config.type_vocab_size > 0 else None)
+        self.position_embeddings = (
+            nn.Embedding(config.max_position_embeddings, config.hidden_size) if config.use_position_embeddings else None)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids=None, token_type_ids=None, position_ids=None, inputs_embeds=None, mask=None):
+        if inputs_embeds is None:
+            inputs_embeds = self.word_embeddings(input_ids)
+        batch, seqlen = inputs_embeds.shape[:2]
+        embeddings = inputs_embeds
+        if self.token_type_embeddings is not None:
+            if token_type_ids is None:
+                token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=embeddings.device)
+            embeddings = embeddings + self.token_type_embeddings(token_type_ids)
+        if self.position_embeddings is not None:
+            if position_ids is None:
+                if mask is None:
+                    position_ids = torch.arange(seqlen, device=embeddings.device).expand(batch, seqlen)
+                else:  # count valid tokens only, so left padding does not shift the positions
+                    position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
+            if int(position_ids.max()) >= self.position_embeddings.num_embeddings:
+                raise ValueError(f"sequence longer than max_position_embeddings={self.position_embeddings.num_embeddings}")
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+# ---------------------------------------------------------------------------- 2. block
+class HydraMLP(nn.Module):
+    def __init__(self, config: HydraConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x):
+        return self.dropout(self.fc2(self.act(self.fc1(x))))
+
+
+class HydraBlock(nn.Module):
+    """Sequence mixer with a residual connection and LayerNorm, then an optional MLP.
+
+    post-norm (reference default): ``h = norm(h + mixer(h))``, ``h = mlp_norm(h + mlp(h))``
+    pre-norm:                      ``h = h + mixer(norm(h))``, ``h = h + mlp(mlp_norm(h))``
+    """
+
+    def __init__(self, config: HydraConfig, layer_idx: int, seq_len: int | None):
+        super().__init__()
+        self.is_prenorm = config.is_prenorm
+        self.mixer = build_mixer(config.matrix_mixer_type, config.hidden_size, strict=False,
+                                 **config.mixer_kwargs(seq_len=seq_len, layer_idx=layer_idx))
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.block_norm_eps)
+        if config.intermediate_size > 0:
+            self.mlp = HydraMLP(config)
+            self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.block_norm_eps)
+        else:
+            self.mlp = None
+
+    def _mix(self, x, mask):
+        if mask is not None:  # padded tokens enter every mixer as zeros
+            x = x * mask[..., None].to(x.dtype)
+        return self.mixer(x, attention_mask=mask)
+
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = hidden_states
+        if self.is_prenorm:
+            h = h + self._mix(self.norm(h), mask)
+            if self.mlp is not None:
+                h = h + self.mlp(self.mlp_norm(h))
+        else:
+            h = self.norm(h + self._mix(h, mask))
+            if self.mlp is not None:
+                h = self.mlp_norm(h + self.mlp(h))
+        return h
+
+
+# ---------------------------------------------------------------------------- 3. encoder
+class HydraEncoder(nn.Module):
+    def __init__(self, config: HydraConfig, seq_len: int | None):
+        super().__init__()
+        self.layers = nn.ModuleList([HydraBlock(config, i, seq_len) for i in range(config.num_hidden_layers)])
+        self.norm_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.is_prenorm else None
+        self.gradient_checkpointing = False  # switched by PreTrainedModel.gradient_checkpointing_enable()
+
+    def forward(self, hidden_states, mask=None, output_hidden_states=False):
+        all_hidden = (hidden_states,) if output_hidden_states else None
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states, mask)
+            else:
+                hidden_states = layer(hidden_states, mask)
+            if output_hidden_states:
+                all_hidden = all_hidden + (hidden_states,)
+        if self.norm_f is not None:
+            hidden_states = self.norm_f(hidden_states)
+            if output_hidden_states:  # the last entry is the encoder output, as in transformers' pre-norm models
+                all_hidden = all_hidden[:-1] + (hidden_states,)
+        return hidden_states, all_hidden
+
+
+# ---------------------------------------------------------------------------- 4. base class
+class HydraPreTrainedModel(PreTrainedModel):
+    config_class = HydraConfig
+    base_model_prefix = "hydra"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["HydraBlock"]
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """BERT's init for Linear, Embedding and LayerNorm (mixer projections included, as in the
+        reference); mixer-specific parameters (conv, dt bias, A, D, ...) keep the mixer's own init."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            _init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                _init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            _init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                module.weight[module.padding_idx].zero_()
+        elif isinstance(module, nn.LayerNorm):
+            _init.ones_(module.weight)
+            _init.zeros_(module.bias)
+        elif isinstance(module, HydraPatchEmbeddings):
+            if module.cls_token is not None:
+                _init.normal_(module.cls_token, mean=0.0, std=std)
+            if module.position_embeddings is not None:
+                _init.normal_(module.position_embeddings, mean=0.0, std=std)
+
+
+def _pool(hidden_states: torch.Tensor, mask: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """(B, L, D) -> (B, D): first valid token ("cls") or mean of valid tokens ("mean")."""
+    if mask is None:
+        return hidden_states[:, 0] if mode == "cls" else hidden_states.mean(1)
+    if mode == "cls":
+        first = mask.long().argmax(1)  # first valid position (left padding safe)
+        return hidden_states[torch.arange(hidden_states.shape[0], device=hidden_states.device), first]
+    weights = mask[..., None].to(hidden_states.dtype)
+    return (hidden_states * weights).sum(1) / weights.sum(1).clamp(min=1)
+
+
+class HydraPooler(nn.Module):
+    """BERT pooler: dense + tanh on the first valid token, or on the mean of valid tokens."""
+
+    def __init__(self, config: HydraConfig):
+        super().__init__()
+        self.mode = config.pooling
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = nn.Tanh()
+
+    def forward(self, hidden_states, mask=None):
+        return self.activation(self.dense(_pool(hidden_states, mask, self.mode)))
+
+
+# ---------------------------------------------------------------------------- 5. text encoder
+class HydraModel(HydraPreTrainedModel):
+    """The Hydra text encoder: embeddings, blocks and (optionally) the pooler."""
+
+    def __init__(self, config: HydraConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = HydraEmbeddings(config)
+        self.encoder = HydraEncoder(config, seq_len=config.max_position_embeddings)
+        self.pooler = HydraPooler(config) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ):
+        """Returns ``BaseModelOutputWithPooling``: last_hidden_state (B, L, D), zero at padded
+        positions; pooler_output (B, D) or None; hidden_states (embeddings + one per block) on request.
+        ``output_attentions`` is accepted for API compatibility; mixers return no attention maps."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        mask = _as_bool_mask(attention_mask, shape, device)
+
+        hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
+                                 inputs_embeds=inputs_embeds, mask=mask)
+        hidden, all_hidden = self.encoder(hidden, mask, output_hidden_states=output_hidden_states)
+        if mask is not None:
+            hidden = hidden * mask[..., None].to(hidden.dtype)
+        pooled = self.pooler(hidden, mask) if self.pooler is not None else None
+
+        out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden)
+        return out if return_dict else out.to_tuple()
+
+
+# ---------------------------------------------------------------------------- 6. text heads
+class HydraLMHead(nn.Module):
+    """dense + activation + LayerNorm, then the decoder tied to the word embeddings (with its own bias)."""
+
+    def __init__(self, config: HydraConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.act = ACT2FN[config.hidden_act]
+        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size, bias=True)
+
+    def forward(self, hidden_states):
+        return self.decoder(self.layer_norm(self.act(self.dense(hidden_states))))
+
+
+class HydraForMaskedLM(HydraPreTrainedModel):
+    if _TRANSFORMERS_V5:
+        _tied_weights_keys = {"lm_head.decoder.weight": "hydra.embeddings.word_embeddings.weight"}
+    else:  # pragma: no cover - transformers 4.x
+        _tied_weights_keys = ["lm_head.decoder.weight"]
+
+    def __init__(self, config: HydraConfig):
+        super().__init__(config)
+        self.hydra = HydraModel(config, add_pooling_layer=False)
+        self.lm_head = HydraLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        """``labels`` (B, L): token ids at the positions to predict, -100 elsewhere."""
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.hydra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                             position_ids=position_ids, inputs_embeds=inputs_embeds,
+                             output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.lm_head(outputs.last_hidden_state)
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, logits.shape[-1]), labels.to(logits.device).view(-1))
+        out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return out if return_dict else out.to_tuple()
+
+
+class HydraForSequenceClassification(HydraPreTrainedModel):
+    """Pooled output -> dropout -> linear. One label: regression (MSE); integer labels:
+    single-label (cross-entropy); float labels of shape (B, num_labels): multi-label (BCE)."""
+
+    def __init__(self, config: HydraConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.hydra = HydraModel(config, add_pooling_layer=True)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.hydra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                             position_ids=position_ids, inputs_embeds=inputs_embeds,
+                             output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return out if return_dict else out.to_tuple()
+
+
+class HydraForTokenClassification(HydraPreTrainedModel):
+    """Per-token dropout -> linear; labels (B, L) with -100 at ignored (e.g. padded) positions."""
+
+    def __init__(self, config: HydraConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.hydra = HydraModel(config, add_pooling_layer=False)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.hydra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                             position_ids=position_ids, inputs_embeds=inputs_embeds,
+                             output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))
+        loss = None
+        if labels is not None:
+            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1))
+        out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return out if return_dict else out.to_tuple()
+
+
+# ---------------------------------------------------------------------------- 7. images
+class HydraPatchEmbeddings(nn.Module):
+    """ViT-style: non-overlapping patches -> linear projection (a strided conv), an optional
+    class token in front (pooling="cls"), optional learned position embeddings, dropout."""
+
+    def __init__(self, config: HydraConfig):
+        super().__init__()
+        self.image_size = config.image_size
+        self.num_channels = config.num_channels
+        self.projection = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=config.patch_size,
+                                    stride=config.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size)) if config.pooling == "cls" else None
+        self.position_embeddings = (nn.Parameter(torch.zeros(1, config.image_seq_len, config.hidden_size))
+                                    if config.use_position_embeddings else None)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if pixel_values.dim() != 4 or pixel_values.shape[1] != self.num_channels:
+            raise ValueError(f"pixel_values must have shape (batch, {self.num_channels}, H, W), got {tuple(pixel_values.shape)}")
+        if tuple(pixel_values.shape[-2:]) != (self.image_size, self.image_size):
+            raise ValueError(f"expected {self.image_size}x{self.image_size} images (config.image_size), "
+                             f"got {tuple(pixel_values.shape[-2:])}")
+        x = self.projection(pixel_values.to(self.projection.weight.dtype)).flatten(2).transpose(1, 2)  # (B, N, D)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings
+        return self.dropout(x)
+
+
+class HydraVisionModel(HydraPreTrainedModel):
+    """The Hydra image encoder: patch embeddings and blocks; ``pooler_output`` is the class
+    token (pooling="cls") or the mean over patches (pooling="mean")."""
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: HydraConfig):
+        super().__init__(config)
+        self.embeddings = HydraPatchEmbeddings(config)
+        self.encoder = HydraEncoder(config, seq_len=config.image_seq_len)
+        self.post_init()
+
+    def forward(self, pixel_values=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+        if pixel_values is None:
+            raise ValueError("pixel_values is required")
+        output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        hidden, all_hidden = self.encoder(self.embeddings(pixel_values), None, output_hidden_states=output_hidden_states)
+        out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=_pool(hidden, None, self.config.pooling),
+                                         hidden_states=all_hidden)
+        return out if return_dict else out.to_tuple()
+
+
+class HydraForImageClassification(HydraPreTrainedModel):
+    main_input_name = "pixel_values"
+
+    def __init__(self, config: HydraConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.hydra = HydraVisionModel(config)
+        p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(p)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, pixel_values=None, labels=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        outputs = self.hydra(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(outputs.pooler_output))
+        loss = _classification_loss(self.config, logits, labels) if labels is not None else None
+        out = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return out if return_dict else out.to_tuple()
+
+
+__all__ = [
+    "HydraPreTrainedModel",
+    "HydraModel",
+    "HydraForMaskedLM",
+    "HydraForSequenceClassification",
+    "HydraForTokenClassification",
+    "HydraVisionModel",
+    "HydraForImageClassification",
+]
