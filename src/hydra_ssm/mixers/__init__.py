@@ -3,6 +3,7 @@
 from .registry import SequenceMixer, available_mixers, build_mixer, get_mixer_class, register_mixer
 from .hydra import Hydra
 from .attention import MultiHeadAttention
+from .matrix_mixer import MatrixMixer, matrix_mixer_types
 
 __all__ = [
     "SequenceMixer",
@@ -12,4 +13,6 @@ __all__ = [
     "available_mixers",
     "Hydra",
     "MultiHeadAttention",
+    "MatrixMixer",
+    "matrix_mixer_types",
 ]
