@@ -666,7 +666,7 @@ class _SSMMixin:
         inner.D._no_weight_decay = True
 
     def _A(self):
-        return -torch.exp(self.matrix_mixer.A_log.float())
+        return -torch.exp(self.matrix_mixer.A_log.to(torch.promote_types(self.matrix_mixer.A_log.dtype, torch.float32)))
 
     def _BC(self, feats, v):
         """B, C as (B or 1, L, 1, N) (one group)."""
@@ -678,9 +678,10 @@ class _SSMMixin:
 
     def _dt(self, feats, v, ndir):
         """softplus(dt + dt_bias), (B, L, ndir, H), zero at padding."""
-        bias = self.matrix_mixer.dt_bias.float()
+        w = torch.promote_types(v.dtype, torch.float32)
+        bias = self.matrix_mixer.dt_bias.to(w)
         if self.is_data_dependent:
-            raw = rearrange(feats["dt"].float(), "b l (two h) -> b l two h", two=ndir) + bias
+            raw = rearrange(feats["dt"].to(w), "b l (two h) -> b l two h", two=ndir) + bias
         else:
             raw = bias.expand(v.shape[0], v.shape[1], ndir, -1)
         return F.softplus(raw)

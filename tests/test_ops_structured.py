@@ -1,0 +1,100 @@
+"""Fast structured ops (Toeplitz, low-rank, Vandermonde, Cauchy) against their explicit matrices."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from hydra_ssm.ops import cauchy, low_rank, toeplitz, vandermonde
+from hydra_ssm.ops._tiled import tile_rows
+
+shapes = dict(b=st.integers(1, 2), L=st.sampled_from([1, 2, 5, 7, 13, 31]), h=st.integers(1, 3),
+              p=st.integers(1, 4), d=st.integers(1, 3), seed=st.integers(0, 1000))
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@settings(max_examples=15, deadline=None)
+@given(**shapes, shared=st.booleans())
+def test_toeplitz_fft_matches_matrix(b, L, h, p, d, seed, shared):
+    x = rand(b, L, h, p, seed=seed)
+    k = rand(h, 2 * L - 1, seed=seed + 1) if shared else rand(b, h, 2 * L - 1, seed=seed + 1)
+    torch.testing.assert_close(toeplitz.toeplitz_fft(x, k), toeplitz.toeplitz_ref(x, k))
+    # float32 path stays accurate
+    torch.testing.assert_close(toeplitz.toeplitz_fft(x.float(), k.float()), toeplitz.toeplitz_ref(x, k).float(),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_toeplitz_matrix_layout():
+    k = torch.arange(5.0)[None]  # L = 3, lags -2..2
+    T = toeplitz.toeplitz_matrix(k, 3)[0]
+    assert T.tolist() == [[2, 1, 0], [3, 2, 1], [4, 3, 2]]
+
+
+@settings(max_examples=15, deadline=None)
+@given(**shapes)
+def test_low_rank(b, L, h, p, d, seed):
+    x, q, k = rand(b, L, h, p, seed=seed), rand(b, L, h, d, seed=seed + 1), rand(L, h, d, seed=seed + 2)
+    torch.testing.assert_close(low_rank.low_rank_mix(x, q, k), low_rank.low_rank_ref(x, q, k))
+
+
+@settings(max_examples=15, deadline=None)
+@given(**shapes, tile=st.sampled_from([None, 1, 3, 8]), sign=st.sampled_from([-1.0, 1.0]))
+def test_vandermonde_tiled(b, L, h, p, d, seed, tile, sign):
+    x, q, k = rand(b, L, h, p, seed=seed), 0.05 * rand(b, L, h, d, seed=seed + 1), 0.05 * rand(L, h, d, seed=seed + 2)
+    torch.testing.assert_close(vandermonde.vandermonde_mix(x, q, k, sign, tile=tile), vandermonde.vandermonde_ref(x, q, k, sign))
+
+
+@settings(max_examples=10, deadline=None)
+@given(L=st.integers(1, 20), extra=st.integers(0, 9), seed=st.integers(0, 100))
+def test_dft_cos(L, extra, seed):
+    x = rand(2, L, 2, 3, seed=seed)
+    torch.testing.assert_close(vandermonde.dft_cos_mix(x, L + extra), vandermonde.dft_cos_ref(x, L + extra))
+    with pytest.raises(ValueError):
+        vandermonde.dft_cos_mix(x, L - 1) if L > 1 else (_ for _ in ()).throw(ValueError())
+
+
+@settings(max_examples=15, deadline=None)
+@given(**shapes, tile=st.sampled_from([None, 1, 4, 6]))
+def test_cauchy_tiled(b, L, h, p, d, seed, tile):
+    x, q, k = rand(b, L, h, p, seed=seed), rand(b, L, h, d, seed=seed + 1).exp(), rand(L, h, d, seed=seed + 2).exp()
+    torch.testing.assert_close(cauchy.cauchy_mix(x, q, k, tile=tile), cauchy.cauchy_ref(x, q, k))
+
+
+@pytest.mark.parametrize("op", ["vandermonde", "cauchy", "toeplitz", "low_rank"])
+def test_gradcheck(op):
+    x = rand(2, 7, 2, 3, seed=1).requires_grad_()
+    if op == "toeplitz":
+        k = rand(2, 13, seed=2).requires_grad_()
+        assert torch.autograd.gradcheck(toeplitz.toeplitz_fft, (x, k))
+        return
+    q, k = rand(2, 7, 2, 2, seed=3), rand(7, 2, 2, seed=4)
+    if op == "vandermonde":
+        q, k = 0.1 * q, 0.1 * k
+        fn = lambda a, b, c: vandermonde.vandermonde_mix(a, b, c, -1.0, tile=3)  # noqa: E731
+    elif op == "cauchy":
+        q, k = q.exp(), k.exp()
+        fn = lambda a, b, c: cauchy.cauchy_mix(a, b, c, tile=3)  # noqa: E731
+    else:
+        fn = low_rank.low_rank_mix
+    assert torch.autograd.gradcheck(fn, (x, q.requires_grad_(), k.requires_grad_()))
+
+
+def test_tile_size_bounds_memory():
+    assert tile_rows(1, 4, 16384, None) * 4 * 16384 <= 1 << 22
+    assert tile_rows(1, 1, 5, None) == 5
+    with pytest.raises(ValueError):
+        tile_rows(1, 1, 5, 0)
+
+
+def test_shape_errors():
+    x = torch.zeros(1, 4, 2, 3)
+    with pytest.raises(ValueError, match="kernel"):
+        toeplitz.toeplitz_fft(x, torch.zeros(2, 6))
+    with pytest.raises(ValueError, match="q must"):
+        cauchy.cauchy_mix(x, torch.zeros(4, 3, 2), torch.zeros(4, 2, 2))
+    with pytest.raises(ValueError, match="same last dimension"):
+        low_rank.low_rank_mix(x, torch.zeros(4, 2, 2), torch.zeros(4, 2, 3))
