@@ -57,8 +57,10 @@ class HydraConfig(PretrainedConfig):
 
     Mixer options (each used by the mixers that accept it):
         d_state, d_conv, expand, headdim, ngroups, chunk_size: Hydra / SSM options.
-        is_data_dependent (bool), qk_dim (int): matrix-mixer options; data-independent
-            mixers size their parameters by ``max_position_embeddings``.
+        is_data_dependent (bool or None), qk_dim (int): matrix-mixer options; None
+            leaves the form to the mixer (data-dependent where it has that form; the
+            reference's default is True). Data-independent mixers size their parameters
+            by ``max_position_embeddings``.
         num_attention_heads (int): heads of "mha".
         mixer_options (dict): any further keyword arguments for the mixer.
 
@@ -81,7 +83,7 @@ class HydraConfig(PretrainedConfig):
         hidden_size: int = 768,
         num_hidden_layers: int = 23,
         matrix_mixer_type: str = "hydra",
-        is_data_dependent: bool = True,
+        is_data_dependent: bool | None = None,
         d_state: int = 64,
         d_conv: int = 7,
         expand: int = 2,
@@ -181,7 +183,9 @@ class HydraConfig(PretrainedConfig):
             raise ValueError(
                 f"HydraConfig: hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}) for matrix_mixer_type={self.matrix_mixer_type!r}")
-        if not self.is_data_dependent and mpe is None and (
+        data_independent = self.is_data_dependent is False or (
+            self.is_data_dependent is None and "sam" not in getattr(mixer_cls, "forms", ("sam",)))
+        if data_independent and mpe is None and (
                 _accepts(mixer_cls, "is_data_dependent") or _accepts(mixer_cls, "max_seq_len")):
             raise ValueError(
                 f"HydraConfig: the data-independent mixer {self.matrix_mixer_type!r} (is_data_dependent=False) sizes its "
@@ -197,9 +201,11 @@ class HydraConfig(PretrainedConfig):
         chunk = self.chunk_size if seq_len is None else max(1, min(self.chunk_size, seq_len))
         kwargs = dict(
             d_state=self.d_state, d_conv=self.d_conv, expand=self.expand, headdim=self.headdim, ngroups=self.ngroups,
-            chunk_size=chunk, qk_dim=self.qk_dim, is_data_dependent=self.is_data_dependent,
-            num_heads=self.num_attention_heads, dropout=self.attention_probs_dropout_prob, layer_idx=layer_idx,
+            chunk_size=chunk, qk_dim=self.qk_dim, num_heads=self.num_attention_heads,
+            dropout=self.attention_probs_dropout_prob, layer_idx=layer_idx,
         )
+        if self.is_data_dependent is not None:
+            kwargs["is_data_dependent"] = self.is_data_dependent
         if seq_len is not None:
             kwargs["max_seq_len"] = seq_len
         kwargs.update(self.mixer_options)
