@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import subprocess
 import sys
 import warnings
@@ -387,15 +389,25 @@ def test_text_classification_pipeline():
 # ---------------------------------------------------------------------------- every registered mixer
 @pytest.mark.parametrize("name", sorted(available_mixers()))
 def test_every_registered_mixer_builds_and_runs(name):
-    """Any name in the registry (including mixers added later) gives a working model."""
+    """Any name in the registry (including mixers added later) gives a working model that honours padding."""
     torch.manual_seed(0)
     try:
         config = tiny_config(matrix_mixer_type=name, num_labels=2)
     except ValueError as err:
         pytest.skip(f"{name} needs options the tiny config does not give: {err}")
-    model = HydraForSequenceClassification(config).eval()
-    out = model(**make_inputs(HydraForSequenceClassification, config, seqlen=12))
-    assert out.logits.shape == (2, 2) and torch.isfinite(out.logits).all()
+    model = HydraForTokenClassification(config).eval()
+    ids = make_inputs(HydraForTokenClassification, config, seqlen=12)["input_ids"]
+    with torch.no_grad():
+        out = model(ids)
+        assert out.logits.shape == (2, 12, 2) and torch.isfinite(out.logits).all()
+        # left-pad row 0 by 3 and right-pad row 1 by 3: valid logits unchanged
+        padded = torch.full((2, 15), 5)
+        padded[0, 3:], padded[1, :12] = ids[0], ids[1]
+        mask = torch.zeros(2, 15, dtype=torch.long)
+        mask[0, 3:], mask[1, :12] = 1, 1
+        got = model(padded, attention_mask=mask).logits
+    torch.testing.assert_close(got[0, 3:], out.logits[0], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(got[1, :12], out.logits[1], atol=2e-5, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------- config errors
@@ -575,3 +587,46 @@ def test_converter_errors(tmp_path):
         convert_reference.convert(str(tmp_path / "z.pt"), str(tmp_path / "o3"))
     with pytest.raises(convert_reference.ConversionError, match="not found"):
         convert_reference.convert(str(tmp_path / "missing.pt"), str(tmp_path / "o4"))
+
+
+def to_reference_keys(state_dict):
+    """Our masked-LM keys under the reference's names (the inverse of the converter's renaming)."""
+    rules = [(r"^hydra\.embeddings\.", "bert.embeddings."),
+             (r"^hydra\.encoder\.layers\.(\d+)\.mixer\.", r"bert.encoder.layer.\1.layer.mixer."),
+             (r"^hydra\.encoder\.layers\.(\d+)\.norm\.", r"bert.encoder.layer.\1.layer.norm."),
+             (r"^hydra\.encoder\.norm_f\.", "bert.encoder.norm_f."),
+             (r"^lm_head\.dense\.", "cls.predictions.transform.dense."),
+             (r"^lm_head\.layer_norm\.", "cls.predictions.transform.LayerNorm."),
+             (r"^lm_head\.decoder\.", "cls.predictions.decoder.")]
+    out = {}
+    for key, value in state_dict.items():
+        for pattern, repl in rules:
+            if re.search(pattern, key):
+                out["model." + re.sub(pattern, repl, key)] = value.clone()
+                break
+        else:
+            raise AssertionError(f"no reference name for {key}")
+    return out
+
+
+def test_converter_matrix_mixer_with_config_and_overrides(tmp_path):
+    """A non-Hydra mixer: its name and options come from a config.json and --set."""
+    name = "toeplitz" if "toeplitz" in available_mixers() else "_test_positional"
+    torch.manual_seed(0)
+    config = tiny_config(matrix_mixer_type=name, is_data_dependent=False, max_position_embeddings=20, headdim=16)
+    original = HydraForMaskedLM(config).eval()
+    with torch.no_grad():
+        for p in original.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    torch.save(to_reference_keys(original.state_dict()), tmp_path / "mm.pt")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "bert", "architectures": ["BertForMaskedLM"], "matrix_mixer_type": name,
+         "is_data_dependent": False, "max_position_embeddings": 64, "headdim": 16, "alibi_starting_size": 512}))
+    out = tmp_path / "hf"
+    argv = [str(tmp_path / "mm.pt"), str(out), "--config", str(tmp_path / "config.json"),
+            "--set", "max_position_embeddings=20", "--set", "chunk_size=8"]
+    assert convert_reference.main(argv) == 0
+    model = AutoModelForMaskedLM.from_pretrained(out).eval()
+    assert model.config.matrix_mixer_type == name and model.config.max_position_embeddings == 20
+    ids = torch.randint(1, VOCAB, (2, 20))
+    torch.testing.assert_close(model(ids).logits, original(ids).logits)
