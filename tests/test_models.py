@@ -48,28 +48,38 @@ VOCAB = 64
 
 
 # ---------------------------------------------------------------------------- helpers
-if "_test_positional" not in available_mixers():
+class _PositionalMixer(SequenceMixer):
+    """A data-independent mixer for the tests: a learned L x L matrix, sized by max_seq_len,
+    applied to valid tokens only (positions counted from the first valid token)."""
 
-    @register_mixer("_test_positional")
-    class _PositionalMixer(SequenceMixer):
-        """A data-independent mixer for the tests: a learned L x L matrix, sized by max_seq_len,
-        applied to valid tokens only (positions counted from the first valid token)."""
+    def __init__(self, d_model, max_seq_len=None, is_data_dependent=True):
+        super().__init__()
+        if max_seq_len is None:
+            raise ValueError("max_seq_len is required")
+        self.weight = nn.Parameter(torch.randn(max_seq_len, max_seq_len) / max_seq_len)
+        self.proj = nn.Linear(d_model, d_model)
 
-        def __init__(self, d_model, max_seq_len=None, is_data_dependent=True):
-            super().__init__()
-            if max_seq_len is None:
-                raise ValueError("max_seq_len is required")
-            self.weight = nn.Parameter(torch.randn(max_seq_len, max_seq_len) / max_seq_len)
-            self.proj = nn.Linear(d_model, d_model)
+    def forward(self, u, attention_mask=None):
+        B, L, _ = u.shape
+        if attention_mask is None:
+            return torch.einsum("ij,bjd->bid", self.weight[:L, :L], self.proj(u))
+        pos = (attention_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, L)
+        w = self.weight[pos[:, :, None], pos[:, None, :]]  # (B, L, L)
+        w = w * attention_mask[:, None, :] * attention_mask[:, :, None]
+        return torch.einsum("bij,bjd->bid", w, self.proj(u))
 
-        def forward(self, u, attention_mask=None):
-            B, L, _ = u.shape
-            if attention_mask is None:
-                return torch.einsum("ij,bjd->bid", self.weight[:L, :L], self.proj(u))
-            pos = (attention_mask.long().cumsum(1) - 1).clamp(min=0)  # (B, L)
-            w = self.weight[pos[:, :, None], pos[:, None, :]]  # (B, L, L)
-            w = w * attention_mask[:, None, :] * attention_mask[:, :, None]
-            return torch.einsum("bij,bjd->bid", w, self.proj(u))
+
+@pytest.fixture(autouse=True, scope="module")
+def _register_positional_mixer():
+    """Register the test mixer for this module only, so other test modules never see it."""
+    from hydra_ssm.mixers import registry
+
+    added = "_test_positional" not in available_mixers()
+    if added:
+        register_mixer("_test_positional")(_PositionalMixer)
+    yield
+    if added:
+        registry._MIXERS.pop("_test_positional", None)
 
 
 def tiny_config(**overrides) -> HydraConfig:
@@ -548,10 +558,11 @@ def test_converter_classification_checkpoint_and_yaml(tmp_path):
     run_yaml = tmp_path / "run.yaml"
     run_yaml.write_text("max_seq_len: 48\nmodel:\n  name: bert\n  model_config:\n    num_hidden_layers: 2\n"
                         "    max_position_embeddings: ${max_seq_len}\n    use_position_embeddings: False\n"
-                        "    hidden_size: 32\n    chunk_size: 16\n    alibi_starting_size: 512\n")
+                        "    hidden_size: 32\n    chunk_size: 16\n    alibi_starting_size: 512\n    pool_all: true\n")
     model = convert_reference.convert(str(ckpt), str(tmp_path / "out"), yaml_path=str(run_yaml))
     assert type(model) is HydraForSequenceClassification
     assert model.config.num_labels == 3 and model.config.max_position_embeddings == 48 and model.config.chunk_size == 16
+    assert model.config.pooling == "mean"
     loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     flat = {k[len("model."):]: v for k, v in sd.items()}
     torch.testing.assert_close(loaded.classifier.weight.data, flat["classifier.weight"])

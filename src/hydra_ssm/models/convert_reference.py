@@ -228,7 +228,10 @@ def build_config(sd: dict, config_dict: dict | None = None, overrides: dict | No
     allowed = set(inspect.signature(HydraConfig.__init__).parameters) - {"self", "kwargs"} | _GENERIC_CONFIG_KEYS
     values = dict(REFERENCE_DEFAULTS)
     given = {}
-    for key, value in (config_dict or {}).items():
+    config_dict = dict(config_dict or {})
+    if "pool_all" in config_dict:  # the reference's flag for mean pooling in its classifier
+        config_dict.setdefault("pooling", "mean" if config_dict.pop("pool_all") else "cls")
+    for key, value in config_dict.items():
         if key in allowed:
             given[key] = value
         else:
