@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 # Elements of one (b, H, slab, Q, Q) block processed at a time.
-_SLAB_ELEMENTS = 1 << 22
+_SLAB_ELEMENTS = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,11 @@ def _by_group(t: torch.Tensor, ngroups: int) -> torch.Tensor:
     return t.view(t.shape[0], ngroups, t.shape[1] // ngroups, *t.shape[2:])
 
 
-def _decay_block(r, k, tri):
-    """exp(r_i - k_j) on the triangle, 0 elsewhere: (b, H, s, Q, Q)."""
+def _decay_block(r, k, tri, dtype):
+    """exp(r_i - k_j) on the triangle, 0 elsewhere: (b, H, s, Q, Q) in ``dtype``."""
     e = r.unsqueeze(-1) - k.unsqueeze(-2)
+    if e.dtype != dtype:  # float64 log-decays: differences taken before rounding
+        e = e.to(dtype)
     e.masked_fill_(~tri, float("-inf"))
     return e.exp_()
 
@@ -80,21 +82,20 @@ def _per_head(t_group: torch.Tensor, scale: torch.Tensor, nheads: int) -> torch.
 def _carry(S, T, init, lower: bool):
     """Run H_next = exp(T) H_prev + S over chunks; return the state entering each chunk and the last."""
     b, h, c, n, p = S.shape
-    decay = torch.exp(T)  # (b, H, c)
+    decay = torch.exp(T).to(S.dtype).unsqueeze(-1).unsqueeze(-1)  # (b, H, c, 1, 1)
     state = S.new_zeros(b, h, n, p) if init is None else init
-    entering = torch.empty_like(S)
-    order = range(c) if lower else range(c - 1, -1, -1)
-    for ci in order:
-        entering[:, :, ci] = state
-        state = torch.addcmul(S[:, :, ci], decay[:, :, ci, None, None], state)
-    return entering, state
+    entering = [None] * c
+    for ci in (range(c) if lower else range(c - 1, -1, -1)):
+        entering[ci] = state
+        state = torch.addcmul(S[:, :, ci], decay[:, :, ci], state)
+    return torch.stack(entering, dim=2), state
 
 
-def _diag_matrix(sl, x_shape, dirs, dir_tensors, tris, ngroups):
+def _diag_matrix(sl, dtype, dirs, dir_tensors, tris, ngroups):
     """Sum over directions of the intra-chunk matrices for chunk slab ``sl``."""
     M = None
     for d, (C, B, dt, r, k, _T, _init) in zip(dirs, dir_tensors):
-        Md = _decay_block(r[:, :, sl], k[:, :, sl], tris[d])
+        Md = _decay_block(r[:, :, sl], k[:, :, sl], tris[d], dtype)
         Md.mul_(dt[:, :, sl].unsqueeze(-2))
         _by_group(Md, ngroups).mul_((C[:, :, sl] @ B[:, :, sl].transpose(-1, -2)).unsqueeze(2))
         M = Md if M is None else M.add_(Md)
@@ -112,14 +113,14 @@ class _ChunkScan(torch.autograd.Function):
 
         y = torch.empty_like(x)
         for sl in _slabs(c, b * h * q * q):
-            y[:, :, sl] = _diag_matrix(sl, x.shape, dirs, dir_tensors, tris, g) @ x[:, :, sl]
+            y[:, :, sl] = _diag_matrix(sl, x.dtype, dirs, dir_tensors, tris, g) @ x[:, :, sl]
 
         finals = []
         for d, (C, B, dt, r, k, T, init) in zip(dirs, dir_tensors):
-            Bw = _per_head(B, torch.exp(T.unsqueeze(-1) - k) * dt, h)  # (b, H, c, Q, N)
+            Bw = _per_head(B, torch.exp(T.unsqueeze(-1) - k).to(dt.dtype) * dt, h)  # (b, H, c, Q, N)
             S = Bw.transpose(-1, -2) @ x  # (b, H, c, N, P)
             entering, final = _carry(S, T, init, d.lower)
-            y.add_(_per_head(C, torch.exp(r), h) @ entering)  # contribution of earlier chunks
+            y.add_(_per_head(C, torch.exp(r).to(x.dtype), h) @ entering)  # contribution of earlier chunks
             finals.append(final)
 
         ctx.dirs = dirs
@@ -153,7 +154,7 @@ class _ChunkScan(torch.autograd.Function):
             for d, (C, B, dt, r, k, _T, _init), gr in zip(dirs, dir_tensors, grads):
                 Cs, Bs, dts = C[:, :, sl], B[:, :, sl], dt[:, :, sl]
                 CB = Cs @ Bs.transpose(-1, -2)  # (b, G, s, Q, Q)
-                decay = _decay_block(r[:, :, sl], k[:, :, sl], tris[d])
+                decay = _decay_block(r[:, :, sl], k[:, :, sl], tris[d], x.dtype)
                 # value matrix for dx
                 Md = decay * dts.unsqueeze(-2)
                 _by_group(Md, g).mul_(CB.unsqueeze(2))
@@ -173,12 +174,12 @@ class _ChunkScan(torch.autograd.Function):
         # ---- across chunks
         for d, (C, B, dt, r, k, T, init), gr, dfinal in zip(dirs, dir_tensors, grads, dfinals):
             n = C.shape[-1]
-            ew = torch.exp(T.unsqueeze(-1) - k)
+            ew = torch.exp(T.unsqueeze(-1) - k).to(x.dtype)
             w = ew * dt
             Bw = _per_head(B, w, h)  # (b, H, c, Q, N)
             S = Bw.transpose(-1, -2) @ x
             entering, _ = _carry(S, T, init, d.lower)
-            er = torch.exp(r)
+            er = torch.exp(r).to(x.dtype)
             Ce = _per_head(C, er, h)  # (b, H, c, Q, N)
             # y += Ce @ entering
             dCe = dy @ entering.transpose(-1, -2)  # (b, H, c, Q, N)
@@ -186,16 +187,16 @@ class _ChunkScan(torch.autograd.Function):
             gr[0] += (_by_group(dCe, g) * _by_group(er, g).unsqueeze(-1)).sum(2)
             gr[3] += (dCe * Ce).sum(-1)
             # reverse of the carry
-            decay = torch.exp(T)
-            state_grad = torch.zeros_like(entering[:, :, 0]) if dfinal is None else dfinal.clone()
-            dS = torch.empty_like(S)
-            order = range(c - 1, -1, -1) if d.lower else range(c)
-            for ci in order:
-                dS[:, :, ci] = state_grad
-                gr[5][:, :, ci] += decay[:, :, ci] * (state_grad * entering[:, :, ci]).sum((-1, -2))
+            decay = torch.exp(T).to(x.dtype)
+            state_grad = torch.zeros_like(entering[:, :, 0]) if dfinal is None else dfinal
+            dS = [None] * c
+            for ci in (range(c - 1, -1, -1) if d.lower else range(c)):
+                dS[ci] = state_grad
                 state_grad = torch.addcmul(d_entering[:, :, ci], decay[:, :, ci, None, None], state_grad)
             if init is not None:
                 gr[6] = state_grad
+            dS = torch.stack(dS, dim=2)  # gradient w.r.t. the state leaving each chunk
+            gr[5] += decay * (dS * entering).sum((-1, -2))  # H_next = exp(T) H_prev + S
             # S = Bw^T x
             dx += Bw @ dS
             dBw = x @ dS.transpose(-1, -2)  # (b, H, c, Q, N)
@@ -208,6 +209,34 @@ class _ChunkScan(torch.autograd.Function):
 
         flat_grads = [t for gr in grads for t in gr]
         return (None, dx, *flat_grads)
+
+
+# Largest |log decay| inside a chunk for which float32 log-decays are exact enough
+# (absolute error ~ 2^-24 * 256 = 1.5e-5 in the exponent).
+_FLOAT32_LOG_DECAY_LIMIT = 256.0
+
+
+def log_decays(dt: torch.Tensor, A: torch.Tensor, d: Direction, dtype: torch.dtype):
+    """Row, column and chunk log-decays (r, k, T) of one direction.
+
+    dt: (b, H, c, Q) step sizes, A: (H,). For the lower direction
+    r_i - k_j = sum_{l=j+1..i-1} dt_l A (strict) or sum_{l=j+1..i} (inclusive);
+    for the upper direction r_i - k_j = sum_{l=i+1..j-1} dt_l A. T is the
+    chunk's total. The sums are formed in float64 and kept in float64 when a
+    chunk's total decay is so large that float32 would round the differences.
+    """
+    log_a = dt.double() * A.double()[:, None, None]
+    cs = torch.cumsum(log_a, dim=-1)  # sum over chunk start .. i
+    ecs = cs - log_a  # sum over chunk start .. i-1
+    total = cs[..., -1]
+    if d.lower:
+        r, k = (ecs if d.strict else cs), cs
+    else:
+        tot = total.unsqueeze(-1)
+        r, k = tot - cs, tot - (ecs if d.strict else cs)
+    if dtype != torch.float64 and (torch.compiler.is_compiling() or float(-total.detach().min()) <= _FLOAT32_LOG_DECAY_LIMIT):
+        r, k, total = r.to(dtype), k.to(dtype), total.to(dtype)
+    return r, k, total
 
 
 def chunk_scan(dirs, x, dir_tensors):

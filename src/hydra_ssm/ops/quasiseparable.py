@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from ._layout import check_chunk_size, from_chunks, to_chunks
 from ._shapes import check_D, check_ssm_args, compute_dtype
-from .chunked import Direction, chunk_scan
+from .chunked import Direction, chunk_scan, log_decays
 from .reference import _split_states
 from .semiseparable import semiseparable_chunked
 
@@ -69,18 +69,10 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
     C_bwd = F.pad(C_bwd.to(cdt), (0, 0, 0, 0, 0, 1))[:, 1:]
 
     xc = to_chunks(x.to(cdt), q)
-    A = A.to(cdt)[:, None, None]
     dirs = []
     for direction, dt, B, C, s0 in ((FORWARD, dt_fwd, B_fwd, C_fwd, s_fwd), (BACKWARD, dt_bwd, B_bwd, C_bwd, s_bwd)):
         dtc = to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1)
-        log_a = dtc * A
-        cs = torch.cumsum(log_a, dim=-1)  # sum over chunk start .. i
-        ecs = cs - log_a  # sum over chunk start .. i-1
-        total = cs[..., -1]
-        if direction.lower:
-            r, k = ecs, cs  # M[i, j] decays over j+1 .. i-1
-        else:
-            r, k = total.unsqueeze(-1) - cs, total.unsqueeze(-1) - ecs  # decays over i+1 .. j-1
+        r, k, total = log_decays(dtc, A, direction, cdt)
         init = None if s0 is None else s0.to(cdt).transpose(-1, -2).contiguous()
         dirs.append((to_chunks(C.to(cdt), q), to_chunks(B.to(cdt), q), dtc, r, k, total, init))
     y, _ = chunk_scan([FORWARD, BACKWARD], xc, dirs)

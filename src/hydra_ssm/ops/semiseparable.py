@@ -6,7 +6,7 @@ import torch
 
 from ._layout import check_chunk_size, from_chunks, to_chunks
 from ._shapes import check_ssm_args, check_state, compute_dtype
-from .chunked import Direction, chunk_scan
+from .chunked import Direction, chunk_scan, log_decays
 
 CAUSAL = Direction(lower=True, strict=False)
 
@@ -35,10 +35,9 @@ def semiseparable_chunked(x, dt, A, B, C, chunk_size: int = 64, initial_states=N
     xc = to_chunks(x.to(cdt), q)  # (b, H, c, Q, P)
     dtc = to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1)  # (b, H, c, Q)
     Bc, Cc = (to_chunks(t.to(cdt), q) for t in (B, C))  # (b, G, c, Q, N)
-    log_a = dtc * A.to(cdt)[:, None, None]
-    cs = torch.cumsum(log_a, dim=-1)  # log decay from the chunk start through i
+    r, k, total = log_decays(dtc, A, CAUSAL, cdt)
     init = None if initial_states is None else initial_states.to(cdt).transpose(-1, -2).contiguous()
-    y, (final,) = chunk_scan([CAUSAL], xc, [(Cc, Bc, dtc, cs, cs, cs[..., -1], init)])
+    y, (final,) = chunk_scan([CAUSAL], xc, [(Cc, Bc, dtc, r, k, total, init)])
     y = from_chunks(y, l).to(out_dtype)
     if return_final_states:
         return y, final.transpose(-1, -2).to(out_dtype)

@@ -1,0 +1,10 @@
+import os
+
+import torch
+from hypothesis import HealthCheck, settings
+
+settings.register_profile("default", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow],
+                          derandomize=True)
+settings.load_profile("ci" if os.environ.get("CI") else "default")
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
