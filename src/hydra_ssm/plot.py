@@ -112,8 +112,10 @@ def main(argv: list[str] | None = None) -> int:
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if h < M.shape[0]:
-                    # colour scale clipped at the 98th percentile so the identity/diagonal does not hide the structure
-                    vmax = float(torch.quantile(M[h].flatten(), 0.98)) or None
+                    # colour scale clipped at the 99th percentile of the off-diagonal entries,
+                    # so that the identity/diagonal term does not hide the structure
+                    off = M[h][~torch.eye(M.shape[-1], dtype=torch.bool)]
+                    vmax = (float(torch.quantile(off, 0.99)) if off.numel() else 0.0) or None
                     ax.imshow(M[h].numpy(), cmap="viridis", interpolation="nearest", vmin=0, vmax=vmax)
                     ax.set_title(f"{form.upper()} head {h}", fontsize=8)
                 else:
