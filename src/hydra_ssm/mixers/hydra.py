@@ -146,7 +146,8 @@ class Hydra(SequenceMixer):
         xBC = F.silu(self.conv1d(xBC.transpose(1, 2)).transpose(1, 2))
         x, B_f, C_f, B_b, C_b = torch.split(xBC, [self.d_inner] + [self.bc_dim] * 4, dim=-1)
         # both directions share dt_bias: (B, L, 2, H)
-        dt = F.softplus(rearrange(dt.float(), "b l (two h) -> b l two h", two=2) + self.dt_bias.float())
+        cdt = torch.promote_types(dt.dtype, torch.float32)
+        dt = F.softplus(rearrange(dt.to(cdt), "b l (two h) -> b l two h", two=2) + self.dt_bias.to(cdt))
         if self.dt_limit != (0.0, float("inf")):
             dt = dt.clamp(self.dt_limit[0], self.dt_limit[1])
         if mask is not None:
@@ -160,7 +161,7 @@ class Hydra(SequenceMixer):
         return z, x, B_f, C_f, B_b, C_b, dt_f, dt_b
 
     def _A(self):
-        return -torch.exp(self.A_log.float())
+        return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
 
     def _diag(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token diagonal D_t = fc_D(x_t) + D, (B, L, H)."""

@@ -8,7 +8,7 @@ from torch import nn
 
 
 class GatedRMSNorm(nn.Module):
-    """``rmsnorm(x) * weight * silu(z)`` (normalise before gating), computed in float32.
+    """``rmsnorm(x) * weight * silu(z)`` (normalise before gating), computed in float32 (or float64 for float64 inputs).
 
     Parameter names match the gated RMSNorm of the reference Hydra layer
     (``weight`` only).
@@ -21,8 +21,9 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         dtype = x.dtype
-        x = x.float()
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
+        cdt = torch.promote_types(dtype, torch.float32)
+        x = x.to(cdt)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(cdt)
         if z is not None:
-            x = x * F.silu(z.float())
+            x = x * F.silu(z.to(cdt))
         return x.to(dtype)
