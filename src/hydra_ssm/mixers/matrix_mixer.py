@@ -639,7 +639,7 @@ class AttentionMixer(MatrixMixer):
         # zero-pad q, k (or v) to one head size: fused SDPA kernels (O(L) memory) need equal sizes
         e = max(self.qk_dim, self.headdim)
         q, k = (F.pad(t.to(v.dtype), (0, e - self.qk_dim)) for t in (q, k))
-        y = F.scaled_dot_product_attention(q, k, F.pad(vh, (0, e - self.headdim)), attn_mask=self._key_mask(mask),
+        y = F.scaled_dot_product_attention(q, k, F.pad(vh, (0, e - self.headdim)).contiguous(), attn_mask=self._key_mask(mask),
                                            scale=1.0 / math.sqrt(self.qk_dim))
         return y[..., : self.headdim].transpose(1, 2) + v
 
