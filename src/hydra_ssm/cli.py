@@ -1,0 +1,133 @@
+"""The ``hydra-ssm`` command line.
+
+    hydra-ssm train       pretrain / fine-tune (default: Hydra vs attention MLM on the interpreter's own text)
+    hydra-ssm compare     the same for a list of mixers and tasks
+    hydra-ssm evaluate    evaluate a saved model on its task's validation data
+    hydra-ssm bench | bench-mixers | plot   benchmark and plotting scripts
+
+Bad options and bad data stop with one line on stderr (exit status 2) before
+any training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+from dataclasses import MISSING, fields
+
+PROG = "hydra-ssm"
+PASSTHROUGH = {
+    "bench": ("hydra_ssm.bench.hydra", "benchmark the Hydra layer (hydra_ssm.bench.hydra)"),
+    "bench-mixers": ("hydra_ssm.bench.mixers", "benchmark the matrix-mixer family (hydra_ssm.bench.mixers)"),
+    "plot": ("hydra_ssm.plot", "plots from benchmark/training outputs (hydra_ssm.plot)"),
+}
+
+
+def _fail(msg: str, code: int = 2) -> int:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+    return code
+
+
+def _add_train_options(p: argparse.ArgumentParser) -> None:
+    from .train.config import TrainConfig
+
+    p.add_argument("--config", metavar="FILE", help="YAML (.yaml/.yml), TOML or JSON file of options (names as "
+                   "below, with _ or -); command-line options override it")
+    groups = {}
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        section = {"task": "what to run", "train_file": "data", "hidden_size": "model", "steps": "optimisation",
+                   "eval_every": "evaluation, logging, checkpoints"}.get(f.name)
+        if section:
+            groups["cur"] = p.add_argument_group(section)
+        g = groups.get("cur", p)
+        flag = "--" + f.name.replace("_", "-")
+        help_ = f.metadata["help"] + f" (default: {','.join(default) if isinstance(default, list) else default})"
+        kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
+        if isinstance(default, bool):
+            g.add_argument(flag, nargs="?", const="true", metavar="BOOL", **kw)
+        else:
+            choices = f.metadata.get("choices")
+            g.add_argument(flag, metavar="{" + ",".join(choices) + "}" if choices else f.name.split("_")[-1].upper(), **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Train, fine-tune, compare and benchmark Hydra and the "
+                                     "matrix-mixer family. 'hydra-ssm train' with no options pretrains a small Hydra "
+                                     "encoder and a matched attention encoder on text shipped with Python and prints "
+                                     "a comparison table.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, desc in (("train", "train one or more mixers on a task (default: hydra vs mha, masked LM on the "
+                                 "interpreter's own text)"),
+                       ("compare", "train several mixers on several tasks with one budget and tabulate them")):
+        p = sub.add_parser(name, help=desc, description=desc, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+                           if False else argparse.HelpFormatter)
+        _add_train_options(p)
+    p = sub.add_parser("evaluate", help="evaluate a saved model on its task's validation data",
+                       description="Evaluate a saved model directory (RUN/model or RUN/checkpoints/step-N) on the "
+                                   "validation data of the task it was trained on; prints JSON. Options of 'train' "
+                                   "(e.g. --validation-file, --batch-size, --eval-batches) override the saved ones.")
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json + model.safetensors)")
+    _add_train_options(p)
+    for name, (_, desc) in PASSTHROUGH.items():
+        sub.add_parser(name, help=desc, add_help=False, description=desc)
+    return parser
+
+
+def _overrides(ns: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(ns).items() if k not in ("command", "config", "model")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in PASSTHROUGH:
+        module, _ = PASSTHROUGH[argv[0]]
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as err:
+            return _fail(f"'{argv[0]}' needs {module}, which cannot be imported here ({err}); "
+                         "is this an older install? try: pip install -e '.[train]'")
+        return mod.main(argv[1:]) or 0
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    if ns.command is None:
+        parser.print_help()
+        return 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")        # nothing is ever downloaded
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from .train.config import UsageError, build_config, load_config_file
+    except ImportError as err:
+        return _fail(f"training needs the 'train' extra: pip install 'hydra-ssm[train]' ({err})")
+    try:
+        file_values = load_config_file(ns.config) if getattr(ns, "config", None) else {}
+        if ns.command == "evaluate":
+            from .train.config import coerce
+            from .train.runner import evaluate_model
+
+            over = {k: coerce(k, v) for k, v in {**file_values, **_overrides(ns)}.items()}
+            print(json.dumps(evaluate_model(ns.model, over), indent=2))
+            return 0
+        cfg = build_config(file_values, _overrides(ns))
+        from .train.runner import run
+
+        run(cfg)
+        return 0
+    except UsageError as err:
+        return _fail(str(err))
+    except ImportError as err:
+        return _fail(f"missing dependency: {err}; install the 'train' extra: pip install 'hydra-ssm[train]'")
+    except FloatingPointError as err:
+        return _fail(str(err), 1)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,414 @@
+"""The training loop: a plain PyTorch loop with torch's own utilities (DDP, autocast, LambdaLR).
+
+Why no Trainer/accelerate: the loop is ~300 lines, and owning it makes the two
+guarantees we test easy to keep: the batch of step ``s`` is a function of
+(seed, s) only (see data.batch_indices), and a checkpoint holds everything else
+that changes (weights, AdamW and scheduler state, python/numpy/torch RNG states,
+step and data position), so a resumed run repeats an unbroken one exactly; and
+the loss is normalised by the *global* number of targets, so N processes under
+torchrun follow the single-process curve with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from .config import TrainConfig, UsageError
+from .data import TaskData, batch_indices, make_batch, save_tokenizer, step_generator, write_json
+
+EVAL_SEED = 2024
+POSITION_AWARE = {"hydra", "quasiseparable", "semiseparable", "toeplitz", "vandermonde", "cauchy"}
+
+
+# ---------------------------------------------------------------------------------------------- processes
+class Dist:
+    def __init__(self, cfg: TrainConfig):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        want_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+        if cfg.device == "cuda" and not torch.cuda.is_available():
+            raise UsageError("--device cuda: no CUDA device is available")
+        self.device = torch.device(f"cuda:{self.local_rank}" if want_cuda else "cpu")
+        if want_cuda:
+            torch.cuda.set_device(self.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if want_cuda else "gloo")
+        if cfg.batch_size % self.world:
+            raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({self.world})")
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(cfg.threads or max(1, cores // self.world))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            t = t.clone()
+            dist.all_reduce(t)
+        return t
+
+    def local(self, batch: dict) -> dict:
+        if self.world == 1:
+            return batch
+        out = {}
+        for k, v in batch.items():
+            n = v.shape[0] // self.world
+            out[k] = v[self.rank * n: (self.rank + 1) * n]
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- models
+def model_config(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size: int):
+    from ..models import HydraConfig
+
+    pos = cfg.position_embeddings == "on" or (cfg.position_embeddings == "auto" and mixer not in POSITION_AWARE)
+    kw = dict(vocab_size=max(task.vocab_size, 8), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+              matrix_mixer_type=mixer, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, headdim=cfg.headdim,
+              chunk_size=min(cfg.chunk_size, task.seq_len), num_attention_heads=cfg.num_heads,
+              intermediate_size=intermediate_size, is_prenorm=cfg.prenorm, use_position_embeddings=pos,
+              max_position_embeddings=task.seq_len, type_vocab_size=0, hidden_dropout_prob=cfg.dropout,
+              pooling=cfg.pooling, num_labels=max(task.num_labels, 2), pad_token_id=0)
+    if task.kind == "image":
+        kw.update(image_size=task.image_size, patch_size=cfg.patch_size, num_channels=task.num_channels)
+    try:
+        return HydraConfig(**kw)
+    except ValueError as err:
+        raise UsageError(f"model for mixer {mixer!r}: {err}") from None
+
+
+def model_class(task: TaskData):
+    from ..models import HydraForImageClassification, HydraForMaskedLM, HydraForSequenceClassification
+
+    return {"mlm": HydraForMaskedLM, "lm": HydraForMaskedLM, "seqcls": HydraForSequenceClassification,
+            "image": HydraForImageClassification}[task.kind]
+
+
+def count_params(cfg, task, mixer, intermediate_size) -> int:
+    with torch.device("meta"):
+        m = model_class(task)(model_config(cfg, task, mixer, intermediate_size))
+    return sum(p.numel() for p in m.parameters())
+
+
+def matched_intermediate(cfg, task, mixer, target: int) -> int:
+    """MLP width that brings ``mixer``'s parameter count closest to ``target`` (0 when it is already larger)."""
+    a, b = count_params(cfg, task, mixer, 64), count_params(cfg, task, mixer, 128)
+    slope = (b - a) / 64
+    width = int(round((target - (a - 64 * slope)) / slope))
+    if width <= 0:
+        return 0
+    best = min({max(1, width - 1), width, width + 1}, key=lambda w: abs(count_params(cfg, task, mixer, w) - target))
+    return best if abs(count_params(cfg, task, mixer, best) - target) < abs(count_params(cfg, task, mixer, 0) - target) else 0
+
+
+def build_model(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size: int):
+    if cfg.init_from and task.kind == "seqcls":
+        cls = model_class(task)
+        try:
+            return cls.from_pretrained(cfg.init_from, num_labels=task.num_labels, hidden_dropout_prob=cfg.dropout)
+        except Exception as err:
+            raise UsageError(f"--init-from {cfg.init_from}: cannot load a model: {str(err).splitlines()[0]}") from None
+    return model_class(task)(model_config(cfg, task, mixer, intermediate_size))
+
+
+# ---------------------------------------------------------------------------------------------- loss
+def loss_terms(model, batch: dict, kind: str):
+    """(sum of per-target losses, number of targets, number of correct predictions)."""
+    labels = batch["labels"]
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    logits = model(**inputs).logits.float()
+    if kind in ("mlm", "lm"):
+        sel = labels != -100
+        logits, labels = logits[sel], labels[sel]
+    loss = F.cross_entropy(logits, labels, reduction="sum") if labels.numel() else logits.sum() * 0
+    correct = (logits.argmax(-1) == labels).sum()
+    return loss, labels.numel(), correct
+
+
+def tokens_in(batch: dict, task: TaskData) -> int:
+    if "attention_mask" in batch:
+        return int(batch["attention_mask"].sum())
+    if "input_ids" in batch:
+        return batch["input_ids"].numel()
+    return batch["pixel_values"].shape[0] * (task.seq_len)
+
+
+@torch.no_grad()
+def evaluate(model, task: TaskData, cfg: TrainConfig, d: Dist) -> dict:
+    model.eval()
+    n = task.num_val()
+    bs = cfg.batch_size
+    nb = math.ceil(n / bs)
+    if cfg.eval_batches:
+        nb = min(nb, cfg.eval_batches)
+    tot = torch.zeros(3, dtype=torch.float64)
+    amp = autocast(cfg, d)
+    for b in range(nb):
+        idx = list(range(b * bs, min(n, (b + 1) * bs)))
+        while len(idx) % d.world:  # pad the last batch so it splits evenly; the padding is not counted
+            idx.append(-1)
+        keep = torch.tensor([i >= 0 for i in idx])
+        batch = make_batch(task, "val", [max(i, 0) for i in idx], mask_prob=cfg.mask_prob,
+                           gen=step_generator(EVAL_SEED, b, salt=1))
+        if batch["labels"].dim() > 1:  # token targets: the padding rows have none
+            batch["labels"][~keep] = -100
+        batch = {k: v.to(d.device) for k, v in d.local(batch).items()}
+        local_keep = d.local({"k": keep})["k"].to(d.device)
+        with amp:
+            if task.kind in ("mlm", "lm"):
+                loss, cnt, cor = loss_terms(model, batch, task.kind)
+            else:
+                inputs = {k: v for k, v in batch.items() if k != "labels"}
+                logits = model(**inputs).logits.float()[local_keep]
+                labels = batch["labels"][local_keep]
+                loss = F.cross_entropy(logits, labels, reduction="sum")
+                cnt, cor = labels.numel(), (logits.argmax(-1) == labels).sum()
+        tot += torch.tensor([float(loss), float(cnt), float(cor)], dtype=torch.float64)
+    tot = d.sum(tot)
+    model.train()
+    count = max(tot[1].item(), 1.0)
+    return {"eval_loss": tot[0].item() / count, "eval_accuracy": tot[2].item() / count, "eval_targets": int(tot[1].item())}
+
+
+def autocast(cfg: TrainConfig, d: Dist):
+    return torch.autocast(d.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+
+
+def lr_lambda(cfg: TrainConfig):
+    def f(step: int) -> float:
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def rng_state() -> dict:
+    st = np.random.get_state()
+    return {"python": random.getstate(), "numpy": [st[0], torch.from_numpy(st[1].astype(np.int64)), int(st[2]), int(st[3]), float(st[4])],
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def set_rng_state(s: dict) -> None:
+    random.setstate(s["python"])
+    n = s["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+
+
+def _atomic_torch_save(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(run_dir: str, step: int, model, opt, sched, state: dict, task: TaskData, d: Dist, keep: int):
+    """checkpoints/step-N written in a temporary directory, renamed, then ``latest`` switched with os.replace."""
+    ck = os.path.join(run_dir, "checkpoints")
+    name = f"step-{step:07d}"
+    tmp = os.path.join(ck, name + ".tmp")
+    if d.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp)
+    d.barrier()
+    _atomic_torch_save(rng_state(), os.path.join(tmp, f"rng-rank{d.rank}.pt"))
+    d.barrier()
+    if d.main:
+        raw = model.module if hasattr(model, "module") else model
+        raw.save_pretrained(tmp, safe_serialization=True)
+        _atomic_torch_save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, os.path.join(tmp, "optimizer.pt"))
+        if task.tokenizer is not None:
+            save_tokenizer(task.tokenizer, tmp)
+        write_json(os.path.join(tmp, "trainer_state.json"), {**state, "step": step, "world_size": d.world})
+        final = os.path.join(ck, name)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        latest = os.path.join(ck, "latest")
+        with open(latest + ".tmp", "w") as fh:
+            fh.write(name)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(latest + ".tmp", latest)
+        old = sorted(n for n in os.listdir(ck) if n.startswith("step-") and not n.endswith(".tmp"))
+        for n in old[:-keep]:
+            shutil.rmtree(os.path.join(ck, n), ignore_errors=True)
+    d.barrier()
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    latest = os.path.join(run_dir, "checkpoints", "latest")
+    if not os.path.isfile(latest):
+        return None
+    with open(latest) as fh:
+        path = os.path.join(run_dir, "checkpoints", fh.read().strip())
+    return path if os.path.isdir(path) else None
+
+
+def load_checkpoint(path: str, model, opt, sched, d: Dist) -> dict:
+    from safetensors.torch import load_file
+
+    raw = model.module if hasattr(model, "module") else model
+    weights = load_file(os.path.join(path, "model.safetensors"), device=str(d.device))
+    missing, unexpected = raw.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k not in set(getattr(raw, "_tied_weights_keys", None) or []) and "decoder.weight" not in k]
+    if missing or unexpected:
+        raise UsageError(f"checkpoint {path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+    osd = torch.load(os.path.join(path, "optimizer.pt"), map_location=d.device, weights_only=True)
+    opt.load_state_dict(osd["optimizer"])
+    sched.load_state_dict(osd["scheduler"])
+    with open(os.path.join(path, "trainer_state.json")) as fh:
+        state = json.load(fh)
+    rng_path = os.path.join(path, f"rng-rank{d.rank}.pt")
+    if os.path.isfile(rng_path):
+        set_rng_state(torch.load(rng_path, weights_only=True))
+    return state
+
+
+# ---------------------------------------------------------------------------------------------- one run
+def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dist, intermediate_size: int,
+              label: str = "") -> dict:
+    """Train one model; returns the result row. ``run_dir`` receives metrics.jsonl, checkpoints/ and model/."""
+    try:
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover
+        pass
+    if d.main:
+        os.makedirs(run_dir, exist_ok=True)
+    d.barrier()
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, task, mixer, intermediate_size).to(d.device)
+    mixer = model.config.matrix_mixer_type
+    n_params = sum(p.numel() for p in model.parameters())
+    torch.manual_seed(cfg.seed + 1 + d.rank)
+    random.seed(cfg.seed + d.rank)
+    np.random.seed(cfg.seed + d.rank)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
+    state = {"step": 0, "wall_s": 0.0, "train_time_s": 0.0, "tokens": 0}
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    ck = latest_checkpoint(run_dir) if cfg.resume else None
+    if ck:
+        state = load_checkpoint(ck, model, opt, sched, d)
+    if d.main:  # the log holds exactly the steps up to the checkpoint (or nothing)
+        lines = []
+        if ck and os.path.isfile(metrics_path):
+            with open(metrics_path) as fh:
+                for line in fh:
+                    try:
+                        rec = json.loads(line)
+                    except json.JSONDecodeError:
+                        break  # a line cut by the kill
+                    if rec.get("step", 0) <= state["step"]:
+                        lines.append(line if line.endswith("\n") else line + "\n")
+        with open(metrics_path + ".tmp", "w") as fh:
+            fh.writelines(lines)
+        os.replace(metrics_path + ".tmp", metrics_path)
+        write_json(os.path.join(run_dir, "train_config.json"), {**cfg.to_dict(), "mixers": [mixer],
+                                                                "intermediate_size": intermediate_size})
+    ddp = model
+    if d.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ddp = DDP(model, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    model.train()
+    amp = autocast(cfg, d)
+    log = open(metrics_path, "a") if d.main else None
+    bar = None
+    if d.main and cfg.progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=state["step"], desc=label or mixer, dynamic_ncols=True, file=sys.stderr)
+    n_train = task.num_train()
+    last_eval = None
+    t_start = time.perf_counter()
+    wall0 = state["wall_s"]
+    for step in range(state["step"], cfg.steps):
+        t0 = time.perf_counter()
+        idx = batch_indices(n_train, cfg.batch_size, cfg.seed, step)
+        gbatch = make_batch(task, "train", idx, mask_prob=cfg.mask_prob, gen=step_generator(cfg.seed, step))
+        ntok = tokens_in(gbatch, task)
+        if task.kind in ("mlm", "lm"):
+            global_count = int((gbatch["labels"] != -100).sum())
+        else:
+            global_count = cfg.batch_size
+        batch = {k: v.to(d.device) for k, v in d.local(gbatch).items()}
+        with amp:
+            loss_sum, _, _ = loss_terms(ddp, batch, task.kind)
+        loss = loss_sum * (d.world / max(global_count, 1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        lr = sched.get_last_lr()[0]
+        sched.step()
+        step_loss = float(d.sum(loss_sum.detach().double())) / max(global_count, 1)
+        if not math.isfinite(step_loss):
+            raise FloatingPointError(f"{label or mixer}: the loss became {step_loss} at step {step + 1}; lower --lr")
+        dt = time.perf_counter() - t0
+        state["train_time_s"] += dt
+        state["tokens"] += ntok
+        state["step"] = step + 1
+        state["wall_s"] = wall0 + time.perf_counter() - t_start
+        if log:
+            log.write(json.dumps({"step": step + 1, "loss": step_loss, "lr": lr, "tokens": state["tokens"],
+                                  "time_s": round(state["wall_s"], 3)}) + "\n")
+            log.flush()
+        if bar:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}", **({"val_acc": f"{last_eval['eval_accuracy']:.3f}"} if last_eval else {}))
+        done = step + 1 == cfg.steps
+        if (step + 1) % cfg.eval_every == 0 or done:
+            last_eval = evaluate(model, task, cfg, d)
+            if log:
+                log.write(json.dumps({"step": step + 1, **last_eval}) + "\n")
+                log.flush()
+        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or done:
+            state["wall_s"] = wall0 + time.perf_counter() - t_start
+            save_checkpoint(run_dir, step + 1, ddp, opt, sched, state, task, d, cfg.keep_checkpoints)
+        if cfg.debug_step_delay:
+            time.sleep(cfg.debug_step_delay)
+    if bar:
+        bar.close()
+    if log:
+        log.close()
+    if last_eval is None:  # resumed after the end: read the final evaluation back
+        last_eval = evaluate(model, task, cfg, d)
+    result = {"task": label.split("/")[0] if label else cfg.task, "mixer": mixer, "params": n_params,
+              "intermediate_size": intermediate_size, "steps": state["step"], "batch_size": cfg.batch_size,
+              "seq_len": task.seq_len, "val_accuracy": last_eval["eval_accuracy"], "val_loss": last_eval["eval_loss"],
+              "tokens_per_s": state["tokens"] / max(state["train_time_s"], 1e-9), "wall_s": state["wall_s"],
+              "run_dir": run_dir}
+    if d.main:
+        final = os.path.join(run_dir, "model")
+        model.save_pretrained(final, safe_serialization=True)
+        if task.tokenizer is not None:
+            save_tokenizer(task.tokenizer, final)
+        write_json(os.path.join(final, "train_config.json"), {**cfg.to_dict(), "mixers": [mixer],
+                                                              "intermediate_size": intermediate_size})
+        write_json(os.path.join(run_dir, "result.json"), result)
+    d.barrier()
+    return result

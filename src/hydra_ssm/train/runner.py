@@ -1,0 +1,208 @@
+"""Runs of several mixers and tasks with one budget: data prepared once per task, results table, plots."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from .config import TrainConfig, UsageError
+from .data import classify_data, image_data, load_tokenizer, mlm_data, save_tokenizer, write_json
+from .loop import Dist, count_params, matched_intermediate, model_config, train_run
+
+
+def task_label(cfg: TrainConfig, task: str) -> str:
+    return f"synthetic-{cfg.synthetic_task}" if task == "synthetic" else task
+
+
+def build_task(cfg: TrainConfig, task: str, tokenizer=None):
+    from .synthetic import synthetic_data
+
+    if task == "mlm":
+        return mlm_data(cfg, tokenizer)
+    if task == "classify":
+        return classify_data(cfg, tokenizer)
+    if task == "image":
+        return image_data(cfg)
+    return synthetic_data(cfg)
+
+
+def prepare_task(cfg: TrainConfig, task: str, out_dir: str, d: Dist):
+    """Task data on every process; a trained tokenizer comes from rank 0 (saved in out_dir/<task>/tokenizer)."""
+    tok_dir = os.path.join(out_dir, task_label(cfg, task), "tokenizer")
+    trains_tokenizer = task in ("mlm", "classify")
+    given = None
+    if trains_tokenizer and cfg.init_from:
+        given = load_tokenizer(cfg.init_from)
+    elif trains_tokenizer and cfg.resume and os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        given = load_tokenizer(tok_dir)
+    if not trains_tokenizer or given is not None or d.world == 1:
+        data = build_task(cfg, task, given)
+        if d.main and trains_tokenizer and given is None:
+            save_tokenizer(data.tokenizer, tok_dir)
+        return data
+    data = None
+    if d.main:
+        data = build_task(cfg, task, None)
+        save_tokenizer(data.tokenizer, tok_dir)
+    d.barrier()
+    if not d.main:
+        data = build_task(cfg, task, load_tokenizer(tok_dir))
+    return data
+
+
+def run(cfg: TrainConfig) -> list[dict]:
+    d = Dist(cfg)
+    tasks = cfg.tasks or [cfg.task]
+    out = cfg.output_dir
+    if d.main:
+        os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    # everything that can fail on bad input happens here, before any training
+    data = {}
+    for task in tasks:
+        if d.main:
+            print(f"[hydra-ssm] preparing data for {task_label(cfg, task)} ...", file=sys.stderr, flush=True)
+        data[task] = prepare_task(cfg, task, out, d)
+    plan = []
+    for task in tasks:
+        td = data[task]
+        mixers = cfg.mixers
+        if cfg.init_from and td.kind == "seqcls":
+            with open(os.path.join(cfg.init_from, "config.json")) as fh:
+                mixers = [json.load(fh).get("matrix_mixer_type", "hydra")]
+        widths = {}
+        for m in mixers:
+            model_config(cfg, td, m, cfg.intermediate_size)  # validates
+        target = count_params(cfg, td, mixers[0], cfg.intermediate_size)
+        for i, m in enumerate(mixers):
+            widths[m] = cfg.intermediate_size
+            if i and cfg.match_params and len(mixers) > 1:
+                widths[m] = matched_intermediate(cfg, td, m, target)
+                model_config(cfg, td, m, widths[m])
+        plan += [(task, m, widths[m]) for m in mixers]
+    if d.main:
+        print(f"[hydra-ssm] data ready in {time.perf_counter() - t0:.1f}s; "
+              + "; ".join(f"{task_label(cfg, t)}: {_describe(data[t])}" for t in tasks), file=sys.stderr, flush=True)
+    results = []
+    for task, mixer, width in plan:
+        label = f"{task_label(cfg, task)}/{mixer}"
+        run_dir = os.path.join(out, task_label(cfg, task), mixer)
+        results.append(train_run(cfg, data[task], mixer, run_dir, d, width, label=label))
+    if d.main:
+        report(cfg, results, time.perf_counter() - t0)
+    return results
+
+
+def _describe(td) -> str:
+    return f"{td.num_train()} train / {td.num_val()} val examples, seq len {td.seq_len}" + (
+        f", vocab {td.vocab_size}" if td.vocab_size else "")
+
+
+def table(results: list[dict]) -> str:
+    head = ["task", "mixer", "params", "steps", "val acc", "val loss", "tokens/s", "wall s"]
+    rows = [[r["task"], r["mixer"], f"{r['params']:,}", str(r["steps"]), f"{r['val_accuracy']:.4f}",
+             f"{r['val_loss']:.4f}", f"{r['tokens_per_s']:,.0f}", f"{r['wall_s']:.1f}"] for r in results]
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    line = lambda cells: "| " + " | ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"  # noqa: E731
+    sep = "| " + " | ".join(("-" * w if i < 2 else "-" * (w - 1) + ":") for i, w in enumerate(widths)) + " |"
+    return "\n".join([line(head), sep] + [line(r) for r in rows])
+
+
+def report(cfg: TrainConfig, results: list[dict], total_s: float) -> None:
+    import platform
+
+    import torch
+
+    text = table(results)
+    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+               f"python {platform.python_version()}")
+    budget = f"same budget per run: {cfg.steps} steps x batch {cfg.batch_size}; seed {cfg.seed}"
+    print("\n" + text + f"\n\n{budget}; total {total_s:.0f}s ({machine})")
+    md = f"# hydra-ssm results\n\n{text}\n\n{budget}. Total wall time {total_s:.0f}s.\n\nMachine: {machine}.\n"
+    with open(os.path.join(cfg.output_dir, "results.md") + ".tmp", "w") as fh:
+        fh.write(md)
+    os.replace(os.path.join(cfg.output_dir, "results.md") + ".tmp", os.path.join(cfg.output_dir, "results.md"))
+    write_json(os.path.join(cfg.output_dir, "results.json"),
+               {"results": results, "total_wall_s": total_s, "machine": machine, "config": cfg.to_dict()})
+    if cfg.plot:
+        try:
+            path = plot_curves(results, os.path.join(cfg.output_dir, "curves.png"))
+            print(f"learning curves: {path}")
+        except ImportError:
+            print("matplotlib is not installed: no plot (pip install 'hydra-ssm[train]')", file=sys.stderr)
+    print(f"results: {os.path.join(cfg.output_dir, 'results.md')} and results.json")
+
+
+def read_metrics(run_dir: str) -> tuple[list[dict], list[dict]]:
+    train, evals = [], []
+    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
+        for line in fh:
+            rec = json.loads(line)
+            (evals if "eval_loss" in rec else train).append(rec)
+    return train, evals
+
+
+def plot_curves(results: list[dict], path: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r["task"] for r in results))
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.6 * len(tasks)), squeeze=False)
+    for row, task in zip(axes, tasks):
+        for r in results:
+            if r["task"] != task:
+                continue
+            train, evals = read_metrics(r["run_dir"])
+            steps = [t["step"] for t in train]
+            smooth, ema = [], None
+            for t in train:
+                ema = t["loss"] if ema is None else 0.9 * ema + 0.1 * t["loss"]
+                smooth.append(ema)
+            label = f"{r['mixer']} ({r['params'] / 1e6:.2f}M)"
+            row[0].plot(steps, smooth, label=label)
+            row[0].plot([e["step"] for e in evals], [e["eval_loss"] for e in evals], "o--", ms=3,
+                        color=row[0].lines[-1].get_color(), alpha=0.7)
+            row[1].plot([e["step"] for e in evals], [e["eval_accuracy"] for e in evals], "o-", ms=3, label=label)
+        row[0].set(title=f"{task}: loss (train EMA; validation dashed)", xlabel="step", ylabel="cross-entropy")
+        row[1].set(title=f"{task}: validation accuracy", xlabel="step", ylabel="accuracy")
+        for ax in row:
+            ax.grid(alpha=0.3)
+            ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def evaluate_model(model_dir: str, overrides: dict) -> dict:
+    """Evaluate a saved model (run_dir/model or a checkpoint) on its task's validation data."""
+    from transformers import AutoConfig
+
+    from .. import models
+    from .config import build_config
+    from .loop import evaluate
+
+    if not os.path.isdir(model_dir) or not os.path.isfile(os.path.join(model_dir, "config.json")):
+        raise UsageError(f"--model: {model_dir} is not a model directory (no config.json)")
+    cfg_path = next((p for p in (os.path.join(model_dir, "train_config.json"),
+                                 os.path.join(model_dir, "..", "..", "train_config.json")) if os.path.isfile(p)), None)
+    if cfg_path is None:
+        raise UsageError(f"--model: no train_config.json in {model_dir} or its run directory")
+    with open(cfg_path) as fh:
+        saved = json.load(fh)
+    saved = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+    saved.update(overrides)
+    saved.update(resume=False, init_from="", progress=False)
+    cfg = build_config({}, saved)
+    d = Dist(cfg)
+    tok = load_tokenizer(model_dir) if cfg.task in ("mlm", "classify") else None
+    td = build_task(cfg, cfg.task, tok)
+    mc = AutoConfig.from_pretrained(model_dir)
+    cls = getattr(models, (mc.architectures or ["HydraForMaskedLM"])[0])
+    model = cls.from_pretrained(model_dir).to(d.device)
+    metrics = evaluate(model, td, cfg, d)
+    return {"model": model_dir, "task": task_label(cfg, cfg.task), "mixer": mc.matrix_mixer_type, **metrics}

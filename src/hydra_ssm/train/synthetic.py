@@ -1,0 +1,120 @@
+"""Generated tasks: non-causal multi-query associative recall (MQAR) and ListOps.
+
+Both are generated from fixed seeds (train and validation from different
+streams), independent of the training seed, so every mixer sees the same data.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .config import TrainConfig
+from .data import CLS, MASK, SEP, SPECIALS, TaskData, word_level_tokenizer
+
+TRAIN_SEED, VAL_SEED = 1234, 4321
+
+
+# ---------------------------------------------------------------------------------------------- MQAR
+def mqar_vocab(num_keys: int, num_values: int) -> list[str]:
+    return [f"k{i}" for i in range(num_keys)] + [f"v{i}" for i in range(num_values)]
+
+
+def mqar_examples(n: int, pairs: int, queries: int, num_keys: int, num_values: int, seed: int):
+    """``n`` sequences of ``pairs`` key-value blocks ``k v`` and ``queries`` query blocks ``k [MASK]``, the
+    blocks in random order (a query may come before or after its pair: non-causal). The label at a
+    [MASK] is the value bound to the key; -100 elsewhere."""
+    rng = np.random.default_rng(seed)
+    k0 = len(SPECIALS)
+    v0 = k0 + num_keys
+    blocks = pairs + queries
+    L = 2 * blocks + 2
+    ids = np.empty((n, L), dtype=np.int64)
+    labels = np.full((n, L), -100, dtype=np.int64)
+    ids[:, 0], ids[:, -1] = CLS, SEP
+    for i in range(n):
+        keys = rng.choice(num_keys, size=pairs, replace=False)
+        vals = rng.integers(0, num_values, size=pairs)
+        q = rng.choice(pairs, size=queries, replace=False)
+        kinds = np.concatenate([np.arange(pairs), pairs + np.arange(queries)])
+        order = rng.permutation(kinds)
+        for b, item in enumerate(order):
+            pos = 1 + 2 * b
+            if item < pairs:
+                ids[i, pos], ids[i, pos + 1] = k0 + keys[item], v0 + vals[item]
+            else:
+                j = q[item - pairs]
+                ids[i, pos], ids[i, pos + 1] = k0 + keys[j], MASK
+                labels[i, pos + 1] = v0 + vals[j]
+    return torch.from_numpy(ids), torch.from_numpy(labels)
+
+
+def mqar_data(cfg: TrainConfig) -> TaskData:
+    words = mqar_vocab(cfg.mqar_keys, cfg.mqar_values)
+    args = (cfg.mqar_pairs, cfg.mqar_queries, cfg.mqar_keys, cfg.mqar_values)
+    x_tr, y_tr = mqar_examples(cfg.synthetic_train_size, *args, seed=TRAIN_SEED)
+    x_va, y_va = mqar_examples(cfg.synthetic_val_size, *args, seed=VAL_SEED)
+    return TaskData("lm", {"input_ids": x_tr, "labels": y_tr}, {"input_ids": x_va, "labels": y_va},
+                    vocab_size=len(SPECIALS) + len(words), seq_len=x_tr.shape[1], tokenizer=word_level_tokenizer(words),
+                    info={"source": "synthetic mqar", "pairs": cfg.mqar_pairs, "queries": cfg.mqar_queries})
+
+
+# ---------------------------------------------------------------------------------------------- ListOps
+OPS = ["[MAX", "[MIN", "[MED", "[SM"]
+LISTOPS_WORDS = OPS + ["]"] + [str(d) for d in range(10)]
+
+
+def _apply(op: str, args: list[int]) -> int:
+    if op == "[MAX":
+        return max(args)
+    if op == "[MIN":
+        return min(args)
+    if op == "[MED":
+        return sorted(args)[(len(args) - 1) // 2]
+    return sum(args) % 10
+
+
+def listops_expression(rng: np.random.Generator, budget: int, max_depth: int, max_args: int, depth: int = 0):
+    """(tokens, value) of a random expression of at most ``budget`` tokens."""
+    if depth >= max_depth or budget < 4:
+        d = int(rng.integers(0, 10))
+        return [str(d)], d
+    op = OPS[int(rng.integers(0, len(OPS)))]
+    nargs = int(rng.integers(2, max_args + 1))
+    nargs = min(nargs, budget - 2)
+    shares = rng.dirichlet(np.ones(nargs)) * (budget - 2)
+    tokens, values = [op], []
+    for s in shares:
+        t, v = listops_expression(rng, max(1, int(s)), max_depth, max_args, depth + 1)
+        tokens += t
+        values.append(v)
+    tokens.append("]")
+    return tokens, _apply(op, values)
+
+
+def listops_examples(n: int, min_len: int, max_len: int, max_depth: int, max_args: int, seed: int):
+    rng = np.random.default_rng(seed)
+    index = {w: i + len(SPECIALS) for i, w in enumerate(LISTOPS_WORDS)}
+    seqs, labels = [], []
+    while len(seqs) < n:
+        target = int(rng.integers(min_len, max_len + 1))
+        tokens, value = listops_expression(rng, target, max_depth, max_args)
+        if len(tokens) < min_len:
+            continue
+        seqs.append(torch.tensor([CLS] + [index[t] for t in tokens] + [SEP], dtype=torch.long))
+        labels.append(value)
+    return seqs, torch.tensor(labels)
+
+
+def listops_data(cfg: TrainConfig) -> TaskData:
+    args = (cfg.listops_min_len, cfg.listops_max_len, cfg.listops_max_depth, cfg.listops_max_args)
+    x_tr, y_tr = listops_examples(cfg.synthetic_train_size, *args, seed=TRAIN_SEED)
+    x_va, y_va = listops_examples(cfg.synthetic_val_size, *args, seed=VAL_SEED)
+    return TaskData("seqcls", {"input_ids": x_tr, "labels": y_tr}, {"input_ids": x_va, "labels": y_va},
+                    vocab_size=len(SPECIALS) + len(LISTOPS_WORDS), num_labels=10, seq_len=cfg.listops_max_len + 2,
+                    tokenizer=word_level_tokenizer(LISTOPS_WORDS),
+                    info={"source": "synthetic listops", "mean_len": float(np.mean([len(s) for s in x_tr]))})
+
+
+def synthetic_data(cfg: TrainConfig) -> TaskData:
+    return mqar_data(cfg) if cfg.synthetic_task == "mqar" else listops_data(cfg)
