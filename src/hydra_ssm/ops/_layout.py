@@ -1,4 +1,4 @@
-"""Conversions between the public layout (B, L, H, P) and the chunked layout (B, H, c, Q, P)."""
+"""Conversions between the public layout (B, L, H, P) and the chunk-major layout (c, B, H, Q, P)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,22 @@ def num_chunks(seqlen: int, chunk_size: int) -> int:
 
 
 def to_chunks(t: torch.Tensor, chunk_size: int) -> torch.Tensor:
-    """(B, L, H, *rest) -> (B, H, c, Q, *rest), zero-padding L up to c * Q."""
+    """(B, L, H, *rest) -> (c, B, H, Q, *rest), zero-padding L up to c * Q.
+
+    Chunk-major, so that any range of chunks is one contiguous block.
+    """
     b, l = t.shape[:2]
     pad = num_chunks(l, chunk_size) * chunk_size - l
     if pad:
         t = F.pad(t, (0, 0) * (t.dim() - 2) + (0, pad))
     t = t.view(b, -1, chunk_size, *t.shape[2:])  # (B, c, Q, H, *rest)
-    return t.movedim(3, 1).contiguous()
+    return t.permute(1, 0, 3, 2, *range(4, t.dim())).contiguous()
 
 
 def from_chunks(t: torch.Tensor, seqlen: int) -> torch.Tensor:
-    """(B, H, c, Q, *rest) -> (B, L, H, *rest)."""
-    b, h, c, q = t.shape[:4]
-    t = t.movedim(1, 3).reshape(b, c * q, h, *t.shape[4:])
+    """(c, B, H, Q, *rest) -> (B, L, H, *rest)."""
+    c, b, h, q = t.shape[:4]
+    t = t.permute(1, 0, 3, 2, *range(4, t.dim())).reshape(b, c * q, h, *t.shape[4:])
     return t[:, :seqlen]
 
 

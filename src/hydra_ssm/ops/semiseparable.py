@@ -32,9 +32,9 @@ def semiseparable_chunked(x, dt, A, B, C, chunk_size: int = 64, initial_states=N
     cdt = compute_dtype(x, dt, A, B, C, initial_states)
     q = min(chunk_size, l)
 
-    xc = to_chunks(x.to(cdt), q)  # (b, H, c, Q, P)
-    dtc = to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1)  # (b, H, c, Q)
-    Bc, Cc = (to_chunks(t.to(cdt), q) for t in (B, C))  # (b, G, c, Q, N)
+    xc = to_chunks(x.to(cdt), q)  # (c, b, H, Q, P)
+    dtc = to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1)  # (c, b, H, Q)
+    Bc, Cc = (to_chunks(t.to(cdt), q) for t in (B, C))  # (c, b, G, Q, N)
     r, k, total = log_decays(dtc, A, CAUSAL, cdt)
     init = None if initial_states is None else initial_states.to(cdt).transpose(-1, -2).contiguous()
     y, (final,) = chunk_scan([CAUSAL], xc, [(Cc, Bc, dtc, r, k, total, init)])
