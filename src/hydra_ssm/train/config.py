@@ -55,6 +55,9 @@ class TrainConfig:
     max_corpus_chars: int = _f(3_000_000, "mlm: read at most this many characters of text (0 = no limit)")
     tokenizer: str = _f("wordpiece", "tokenizer trained on the corpus: wordpiece, bpe, or byte (byte-level, no "
                                      "training)", choices=TOKENIZERS)
+    tokenizer_from: str = _f("", "reuse the tokenizer.json in this directory (e.g. RUN/<task>/tokenizer) instead of "
+                                 "training one: the tokenizers library breaks ties in a different order in each process, "
+                                 "so repeat a run exactly with the tokenizer it saved")
     vocab_size: int = _f(4096, "vocabulary size of a trained tokenizer")
     seq_len: int = _f(128, "sequence length (mlm: every example; classify: truncation length)")
     mask_prob: float = _f(0.15, "mlm: fraction of tokens masked (80%% [MASK], 10%% random, 10%% kept), in training "
@@ -91,11 +94,11 @@ class TrainConfig:
     patch_size: int = _f(2, "image: patch size")
     pooling: str = _f("cls", "classification pooling: cls or mean", choices=("cls", "mean"))
     # ---------------------------------------------------------------- optimisation
-    steps: int = _f(300, "optimizer steps per run")
+    steps: int = _f(250, "optimizer steps per run")
     batch_size: int = _f(32, "global batch size (split over processes under torchrun)")
     lr: float = _f(2e-3, "peak learning rate (AdamW)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
-    warmup_steps: int = _f(30, "linear warm-up steps, then cosine decay to 10%% of the peak")
+    warmup_steps: int = _f(25, "linear warm-up steps, then cosine decay to 10%% of the peak")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
     seed: int = _f(0, "random seed (data order, masking, initialisation, dropout)")
     bf16: bool = _f(False, "bfloat16 autocast for forward passes")
@@ -151,7 +154,7 @@ class TrainConfig:
         need(self.mqar_pairs <= self.mqar_keys, f"--mqar-pairs ({self.mqar_pairs}) must be <= --mqar-keys ({self.mqar_keys})")
         if self.tokenizer != "byte":
             need(self.vocab_size >= 300, f"--vocab-size must be >= 300 for a trained tokenizer, got {self.vocab_size}")
-        for name in ("train_file", "validation_file", "init_from"):
+        for name in ("train_file", "validation_file", "init_from", "tokenizer_from"):
             for p in _split_paths(getattr(self, name)):
                 need(os.path.exists(p), f"--{name.replace('_', '-')}: no such file or directory: {p}")
         return self

@@ -116,9 +116,22 @@ def train_tokenizer(kind: str, texts, vocab_size: int):
         tok.train_from_iterator(texts if kind == "bpe" else [""], trainer)
     else:  # pragma: no cover - validated in the config
         raise UsageError(f"unknown tokenizer {kind!r}")
+    tok = _canonical_ids(tok)
     for i, s in enumerate(SPECIALS):
         assert tok.token_to_id(s) == i, (s, tok.token_to_id(s))
     return tok
+
+
+def _canonical_ids(tok):
+    """The trainers learn a deterministic vocabulary (and merges) but number it in hash-map order;
+    renumber it (specials first, then sorted) so one corpus always gives the same ids."""
+    from tokenizers import Tokenizer
+
+    spec = json.loads(tok.to_str())
+    vocab = spec["model"]["vocab"]
+    rest = sorted(t for t in vocab if t not in SPECIALS)
+    spec["model"]["vocab"] = {t: i for i, t in enumerate(SPECIALS + rest)}
+    return Tokenizer.from_str(json.dumps(spec))
 
 
 def word_level_tokenizer(words: list[str]):

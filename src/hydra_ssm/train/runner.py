@@ -33,7 +33,9 @@ def prepare_task(cfg: TrainConfig, task: str, out_dir: str, d: Dist):
     tok_dir = os.path.join(out_dir, task_label(cfg, task), "tokenizer")
     trains_tokenizer = task in ("mlm", "classify")
     given = None
-    if trains_tokenizer and cfg.init_from:
+    if trains_tokenizer and cfg.tokenizer_from:
+        given = load_tokenizer(cfg.tokenizer_from)
+    elif trains_tokenizer and cfg.init_from:
         given = load_tokenizer(cfg.init_from)
     elif trains_tokenizer and cfg.resume and os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
         given = load_tokenizer(tok_dir)
