@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="L = 1k and 2k only (a one-minute demo)")
     parser.add_argument("--d-model", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--chunk-size", type=int, default=256, help="Hydra chunk size (the layer default)")
+    parser.add_argument("--chunk-size", type=int, default=64, help="Hydra chunk size (the layer default)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per cell (median reported)")
     parser.add_argument("--budget", type=float, default=60.0,
                         help="seconds per cell after which no further timed run starts")

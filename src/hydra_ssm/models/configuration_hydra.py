@@ -90,7 +90,7 @@ class HydraConfig(PretrainedConfig):
         headdim: int = 64,
         ngroups: int = 1,
         qk_dim: int = 16,
-        chunk_size: int = 256,
+        chunk_size: int = 64,
         num_attention_heads: int = 12,
         mixer_options: dict | None = None,
         is_prenorm: bool = False,
