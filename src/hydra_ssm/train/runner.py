@@ -62,6 +62,12 @@ def run(cfg: TrainConfig) -> list[dict]:
         os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     # everything that can fail on bad input happens here, before any training
+    from .data import TaskData
+    for task in tasks:  # model options first (cheap), with placeholder data sizes
+        if task in ("mlm", "classify") and not cfg.init_from:
+            probe = TaskData("mlm", {}, {}, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
+            for m in cfg.mixers:
+                model_config(cfg, probe, m, cfg.intermediate_size)
     data = {}
     for task in tasks:
         if d.main:
