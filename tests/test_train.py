@@ -225,3 +225,11 @@ def test_mqar_learns_with_hydra(tmp_path):
                  "--threads", "1", "--progress", "false", "--plot", "false"]) == 0
     res = json.loads((out / "results.json").read_text())["results"][0]
     assert res["val_accuracy"] > 0.25, res  # chance is 1/8
+
+
+def test_bf16_autocast_run(tmp_path):
+    out = tmp_path / "out"
+    assert main(["train", "--task", "image", "--mixers", "hydra", "--patch-size", "4", "--steps", "3",
+                 "--batch-size", "8", "--eval-every", "3", "--bf16", "--output-dir", str(out), *TINY]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["config"]["bf16"] is True and np.isfinite(res["results"][0]["val_loss"])
