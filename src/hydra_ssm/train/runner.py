@@ -55,6 +55,16 @@ def prepare_task(cfg: TrainConfig, task: str, out_dir: str, d: Dist):
 
 
 def run(cfg: TrainConfig) -> list[dict]:
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        return _run(cfg)
+    finally:  # in-process callers (tests, notebooks) get their thread count back
+        torch.set_num_threads(threads)
+
+
+def _run(cfg: TrainConfig) -> list[dict]:
     d = Dist(cfg)
     tasks = cfg.tasks or [cfg.task]
     out = cfg.output_dir
