@@ -636,9 +636,12 @@ class AttentionMixer(MatrixMixer):
     def mix(self, v, feats, mask):
         q, k = self._qk(feats, v.shape[0], v.shape[1])
         vh = v.transpose(1, 2)
-        # zero-pad q, k (or v) to one head size: fused SDPA kernels (O(L) memory) need equal sizes
+        # Fused SDPA kernels (O(L) memory) need q, k, v of one head size and a unit stride in the
+        # last dim; otherwise PyTorch silently takes the math path, which builds (B, H, L, L)
+        # weights. q, k come from the conv output (channel stride L) or are broadcast over the
+        # batch, and F.pad by zero is a no-op view, so pad and then force a contiguous copy.
         e = max(self.qk_dim, self.headdim)
-        q, k = (F.pad(t.to(v.dtype), (0, e - self.qk_dim)) for t in (q, k))
+        q, k = (F.pad(t.to(v.dtype), (0, e - self.qk_dim)).contiguous() for t in (q, k))
         y = F.scaled_dot_product_attention(q, k, F.pad(vh, (0, e - self.headdim)).contiguous(), attn_mask=self._key_mask(mask),
                                            scale=1.0 / math.sqrt(self.qk_dim))
         return y[..., : self.headdim].transpose(1, 2) + v

@@ -1,83 +1,47 @@
-"""Row-tiled quadratic mixing ``y = M x`` with ``M`` generated tile by tile.
+"""Shared plumbing of the tiled quadratic mixers (Vandermonde, Cauchy).
 
-For matrix classes whose entries are cheap closed forms of per-position
-features (Vandermonde, Cauchy), ``M`` is never stored: the forward pass builds
-one block of ``tile`` rows at a time, and the hand-written backward rebuilds
-the same block and accumulates the gradients of x and of the features, so
-both passes use O(L * tile) memory on top of the inputs.
+These classes apply ``y = M x`` with an ``L x L`` matrix ``M`` per head whose
+entries are closed forms of per-position features. ``M`` is never stored: the
+forward pass generates one ``(N, T, C)`` block (N = batch * heads, T rows, C
+columns) at a time and multiplies it into ``x``; the hand-written backward
+regenerates the same blocks and accumulates the gradients of ``x`` and of the
+features. Memory is O(L * (features + head dim)) for the inputs and gradients
+plus one block of at most :data:`BLOCK_BUDGET` elements and a few buffers of the
+same size, independent of L beyond that.
 
-A *kind* provides two static methods on batched, head-major layouts
-(q: (B, H, T, D) rows of the tile, k: (B, H, L, D), positions as float
-vectors)::
-
-    block(q_t, k, rows, cols, const) -> (B, H, T, L)
-    block_grad(q_t, k, rows, cols, const, dM) -> (dq_t (B, H, T, D), dk (B, H, L, D))
+Blocks are two-dimensional so that a block stays cache-sized at any L
+(``T`` = :data:`ROW_TILE` rows, ``C`` columns filling the budget); the block
+buffers are allocated once per call and reused, so no per-tile allocation (and
+no page faulting of fresh memory) happens inside the loops.
 """
 
 from __future__ import annotations
 
 import torch
 
-# elements of one (B, H, T, L) block; bounds the transient memory of a tile
-BLOCK_BUDGET = 1 << 22
+#: elements of one (N, T, C) block; bounds the transient memory of a tile
+BLOCK_BUDGET = 1 << 20
+#: default rows per block
+ROW_TILE = 64
+
+
+def tile_sizes(n: int, length: int, tile: int | None = None, col_tile: int | None = None) -> tuple[int, int]:
+    """Rows and columns of one block for ``n`` = batch * heads sequences of ``length``."""
+    for name, value in (("tile", tile), ("col_tile", col_tile)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value <= 0):
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    rows = min(length, tile if tile is not None else ROW_TILE)
+    if col_tile is None:
+        col_tile = max(1, BLOCK_BUDGET // max(1, n * rows))
+    return max(1, rows), max(1, min(length, col_tile))
 
 
 def tile_rows(batch: int, nheads: int, length: int, tile: int | None) -> int:
-    if tile is not None:
-        if not isinstance(tile, int) or tile <= 0:
-            raise ValueError(f"tile must be a positive integer, got {tile!r}")
-        return tile
-    return max(1, min(length, BLOCK_BUDGET // max(1, batch * nheads * length)))
+    """Rows per block (kept for callers that only tile rows)."""
+    return tile_sizes(batch * nheads, length, tile)[0]
 
 
-class _TiledMix(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, kind, const, tile, x, q, k):
-        # x (B, H, L, P); q, k (B, H, L, D); all in the working dtype
-        length = x.shape[2]
-        pos = torch.arange(length, device=x.device, dtype=x.dtype)
-        y = torch.empty_like(x)
-        for r0 in range(0, length, tile):
-            r1 = min(length, r0 + tile)
-            M = kind.block(q[:, :, r0:r1], k, pos[r0:r1], pos, const)
-            y[:, :, r0:r1] = M @ x
-        ctx.kind, ctx.const, ctx.tile = kind, const, tile
-        ctx.save_for_backward(x, q, k)
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, q, k = ctx.saved_tensors
-        kind, const, tile = ctx.kind, ctx.const, ctx.tile
-        length = x.shape[2]
-        pos = torch.arange(length, device=x.device, dtype=x.dtype)
-        need_x, need_q, need_k = ctx.needs_input_grad[3:6]
-        dx = torch.zeros_like(x) if need_x else None
-        dq = torch.zeros_like(q) if need_q else None
-        dk = torch.zeros_like(k) if need_k else None
-        gy = gy.contiguous()
-        for r0 in range(0, length, tile):
-            r1 = min(length, r0 + tile)
-            q_t, g_t = q[:, :, r0:r1], gy[:, :, r0:r1]
-            if need_x:
-                M = kind.block(q_t, k, pos[r0:r1], pos, const)
-                dx += M.transpose(-1, -2) @ g_t
-                del M
-            if need_q or need_k:
-                dM = g_t @ x.transpose(-1, -2)  # (B, H, T, L)
-                dq_t, dk_t = kind.block_grad(q_t, k, pos[r0:r1], pos, const, dM)
-                if need_q:
-                    dq[:, :, r0:r1] = dq_t
-                if need_k:
-                    dk += dk_t
-        return None, None, None, dx, dq, dk
-
-
-def tiled_mix(kind, const, x, q, k, tile: int | None = None) -> torch.Tensor:
-    """``y = M x`` for x (B, L, H, P), q, k (B, L, H, D) or (L, H, D); M from ``kind``.
-
-    Works in float32 (float64 if any input is float64); returns x's dtype.
-    """
+def check_mix_args(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
     if x.dim() != 4:
         raise ValueError(f"x must be (batch, seqlen, nheads, headdim), got shape {tuple(x.shape)}")
     b, l, h, _ = x.shape
@@ -87,11 +51,26 @@ def tiled_mix(kind, const, x, q, k, tile: int | None = None) -> torch.Tensor:
                              f"(batch, seqlen, nheads) = {(b, l, h)}, got {tuple(t.shape)}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must have the same last dimension, got {q.shape[-1]} and {k.shape[-1]}")
-    work = torch.float64 if torch.float64 in (x.dtype, q.dtype, k.dtype) else torch.float32
 
-    def head_major(t):
-        t = t[None] if t.dim() == 3 else t
-        return t.to(work).expand(b, -1, -1, -1).transpose(1, 2).contiguous()
 
-    y = _TiledMix.apply(kind, const, tile_rows(b, h, l, tile), head_major(x), head_major(q), head_major(k))
-    return y.transpose(1, 2).to(x.dtype)
+def work_dtype(*ts: torch.Tensor) -> torch.dtype:
+    """float32, or float64 if any input is float64."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
+
+
+def head_major(t: torch.Tensor, batch: int, work: torch.dtype) -> torch.Tensor:
+    """(L, H, D) or (B|1, L, H, D) -> contiguous (B * H, L, D) in ``work``."""
+    t = t[None] if t.dim() == 3 else t
+    t = t.to(work).expand(batch, -1, -1, -1).transpose(1, 2)
+    return t.reshape(-1, t.shape[2], t.shape[3]).contiguous()
+
+
+def from_head_major(y: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B * H, L, P) -> (B, L, H, P) in ``dtype``."""
+    n, length, p = y.shape
+    return y.view(batch, n // batch, length, p).transpose(1, 2).to(dtype)
+
+
+def spans(length: int, step: int):
+    """(start, stop) pairs covering range(length) in steps of ``step``."""
+    return [(s, min(length, s + step)) for s in range(0, length, step)]

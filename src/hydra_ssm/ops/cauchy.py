@@ -2,8 +2,11 @@
 
     M[t, l] = sum_d 1 / (q[t, d] + k[l, d] + tol)
 
-with positive q, k. The fast path is tiled (:mod:`._tiled`): quadratic time,
-O(L * tile) memory, hand-written backward.
+with positive q, k. The fast path (:func:`cauchy_mix`) is tiled (see
+:mod:`._tiled`): quadratic time, memory O(L) plus one cache-sized block, and a
+hand-written backward that regenerates each block. A block is built with a few
+in-place elementwise passes per feature into reused buffers; the products with
+``x`` and the gradient of ``x`` are matmuls.
 
 Layout: x (B, L, H, P); q, k (B, L, H, D) or (L, H, D).
 """
@@ -12,29 +15,81 @@ from __future__ import annotations
 
 import torch
 
-from ._tiled import tiled_mix
+from ._tiled import check_mix_args, from_head_major, head_major, spans, tile_sizes, work_dtype
 
 DEFAULT_TOL = 1e-8
 
 
-class _CauchyKind:
+def _buffers(n, rows, cols, dtype, device, count):
+    return [torch.empty(n * rows * cols, dtype=dtype, device=device) for _ in range(count)]
+
+
+def _view(buf, n, rows, cols):
+    return buf[: n * rows * cols].view(n, rows, cols)
+
+
+def _fill_block(M, tmp, qT, kT, r0, r1, c0, c1):
+    """M[n, i, j] = sum_d 1 / (qT[n, d, r0 + i] + kT[n, d, c0 + j]) (tol is folded into qT)."""
+    for d in range(qT.shape[1]):
+        dst = M if d == 0 else tmp
+        torch.add(qT[:, d, r0:r1, None], kT[:, d, None, c0:c1], out=dst)
+        dst.reciprocal_()
+        if d:
+            M.add_(tmp)
+
+
+class _CauchyMix(torch.autograd.Function):
     @staticmethod
-    def block(q_t, k, rows, cols, tol):
-        M = None
-        for d in range(q_t.shape[-1]):
-            term = 1.0 / (q_t[..., d, None] + k[..., None, :, d] + tol)
-            M = term if M is None else M + term
-        return M
+    def forward(ctx, x, q, k, tol, rows, cols):
+        # x (N, L, P); q, k (N, L, D); all in the working dtype
+        n, length, _ = x.shape
+        qT = (q + tol).transpose(1, 2).contiguous()  # (N, D, L)
+        kT = k.transpose(1, 2).contiguous()
+        y = torch.zeros_like(x)
+        mbuf, tbuf = _buffers(n, rows, cols, x.dtype, x.device, 2)
+        for r0, r1 in spans(length, rows):
+            for c0, c1 in spans(length, cols):
+                M, tmp = _view(mbuf, n, r1 - r0, c1 - c0), _view(tbuf, n, r1 - r0, c1 - c0)
+                _fill_block(M, tmp, qT, kT, r0, r1, c0, c1)
+                y[:, r0:r1].baddbmm_(M, x[:, c0:c1])
+        ctx.rows, ctx.cols = rows, cols
+        ctx.save_for_backward(x, qT, kT)
+        return y
 
     @staticmethod
-    def block_grad(q_t, k, rows, cols, tol, dM):
-        dq = torch.empty_like(q_t)
-        dk = torch.empty_like(k)
-        for d in range(q_t.shape[-1]):
-            g = dM * (q_t[..., d, None] + k[..., None, :, d] + tol).reciprocal().square()
-            dq[..., d] = -g.sum(-1)
-            dk[..., d] = -g.sum(-2)
-        return dq, dk
+    def backward(ctx, gy):
+        x, qT, kT = ctx.saved_tensors
+        rows, cols = ctx.rows, ctx.cols
+        n, length, _ = x.shape
+        need_x, need_q, need_k = ctx.needs_input_grad[:3]
+        need_f = need_q or need_k
+        gy = gy.contiguous()
+        dx = torch.zeros_like(x) if need_x else None
+        dqT = torch.zeros_like(qT) if need_f else None
+        dkT = torch.zeros_like(kT) if need_f else None
+        mbuf, tbuf, gbuf = _buffers(n, rows, cols, x.dtype, x.device, 3)
+        for r0, r1 in spans(length, rows):
+            g_r = gy[:, r0:r1]
+            for c0, c1 in spans(length, cols):
+                shape = (n, r1 - r0, c1 - c0)
+                M, tmp, dM = _view(mbuf, *shape), _view(tbuf, *shape), _view(gbuf, *shape)
+                if not need_f:
+                    _fill_block(M, tmp, qT, kT, r0, r1, c0, c1)
+                else:
+                    torch.bmm(g_r, x[:, c0:c1].transpose(1, 2), out=dM)  # dL/dM of this block
+                    for d in range(qT.shape[1]):
+                        torch.add(qT[:, d, r0:r1, None], kT[:, d, None, c0:c1], out=tmp)
+                        tmp.reciprocal_()
+                        if need_x:
+                            M.copy_(tmp) if d == 0 else M.add_(tmp)
+                        tmp.square_().mul_(dM)  # dM / (q + k)^2
+                        dqT[:, d, r0:r1] -= tmp.sum(-1)
+                        dkT[:, d, c0:c1] -= tmp.sum(-2)
+                if need_x:
+                    dx[:, c0:c1].baddbmm_(M.transpose(1, 2), g_r)
+        dq = dqT.transpose(1, 2) if need_q else None
+        dk = dkT.transpose(1, 2) if need_k else None
+        return dx, dq, dk, None, None, None
 
 
 def cauchy_matrix(q: torch.Tensor, k: torch.Tensor, tol: float = DEFAULT_TOL) -> torch.Tensor:
@@ -50,6 +105,15 @@ def cauchy_ref(x, q, k, tol: float = DEFAULT_TOL):
     return torch.einsum("bhij,bjhp->bihp", M, x.double()).to(x.dtype)
 
 
-def cauchy_mix(x, q, k, tol: float = DEFAULT_TOL, tile: int | None = None):
-    """Fast path: tiled, O(L^2 D (H P)) time, O(L * tile) memory for forward and backward."""
-    return tiled_mix(_CauchyKind, float(tol), x, q, k, tile)
+def cauchy_mix(x, q, k, tol: float = DEFAULT_TOL, tile: int | None = None, col_tile: int | None = None):
+    """Fast path: O(L^2 H (D + P)) time; memory O(L) plus one block of ``tile x col_tile``
+    rows and columns per (batch, head) (defaults: see :func:`._tiled.tile_sizes`).
+
+    Works in float32 (float64 if any input is float64); returns x's dtype.
+    """
+    check_mix_args(x, q, k)
+    b, length, h, _ = x.shape
+    work = work_dtype(x, q, k)
+    rows, cols = tile_sizes(b * h, length, tile, col_tile)
+    y = _CauchyMix.apply(head_major(x, b, work), head_major(q, b, work), head_major(k, b, work), float(tol), rows, cols)
+    return from_head_major(y, b, x.dtype)

@@ -5,8 +5,22 @@ Symmetric-Vandermonde form, per head, positions t, l = 0..L-1::
     M[t, l] = sum_d cos(2 pi q[t, d] l) + sign * cos(2 pi k[l, d] t)
 
 (``sign = -1`` for the data-dependent mixer, ``+1`` for the learned one.)
-The fast path is tiled (:mod:`._tiled`): quadratic time, O(L * tile) memory,
-hand-written backward.
+Both terms are "cosine rows" matrices ``G(w)[r, c] = sum_d cos(2 pi w[r, d] c)``:
+``M = G(q) + sign * G(k)^T``, so ``y = G(q) x + sign * G(k)^T x``.
+
+The fast path (:func:`vandermonde_mix`) never evaluates ``L^2 D`` cosines. With
+columns written as ``c = c0 + J a + j`` (``j < J``), the angle-addition formula
+``cos(u + v) = cos u cos v - sin u sin v`` gives, for each row r,
+
+    G[r, c0 + J a + j] = sum_d cos(A_rda) cos(B_rdj) - sin(A_rda) sin(B_rdj)
+                       = ([cos A, -sin A] @ [cos B; sin B])[a, j]
+
+with ``A = 2 pi w c0 + 2 pi w J a`` and ``B = 2 pi w j``: a batched matmul of
+``(C/J, 2D) @ (2D, J)`` per row, needing only ``2 D (C/J + J)`` sines and
+cosines per row and block of C columns. The gradient of ``w`` uses
+``sin(u + v) = sin u cos v + cos u sin v`` the same way. Blocks are tiled as in
+:mod:`._tiled` (memory O(L) plus one block, hand-written backward that
+regenerates blocks); the products with ``x`` are matmuls.
 
 The DFT form ``M[t, l] = cos(2 pi t l / n)`` (t, l < L <= n) is the real part
 of a length-n DFT, computed by FFT in O(n log n): :func:`dft_cos_mix`.
@@ -20,29 +34,98 @@ import math
 
 import torch
 
-from ._tiled import tiled_mix
+from ._tiled import check_mix_args, from_head_major, head_major, spans, tile_sizes, work_dtype
 
 TWO_PI = 2 * math.pi
 
 
-class _VandermondeKind:
-    @staticmethod
-    def block(q_t, k, rows, cols, sign):
-        M = None
-        for d in range(q_t.shape[-1]):
-            term = torch.cos(TWO_PI * q_t[..., d, None] * cols) + sign * torch.cos(TWO_PI * k[..., None, :, d] * rows[:, None])
-            M = term if M is None else M + term
-        return M
+def _split(cols: int) -> tuple[int, int]:
+    """Inner width J (about sqrt(cols)) and the block width rounded up to a multiple of J."""
+    inner = max(1, int(round(math.sqrt(cols))))
+    return inner, inner * -(-cols // inner)
+
+
+class _Rows:
+    """Cosine rows of one row tile: ``w`` (N, T, D) angular frequencies (2 pi * theta)."""
+
+    def __init__(self, w, inner):
+        self.w = w
+        beta = w[..., None] * torch.arange(inner, device=w.device, dtype=w.dtype)  # (N, T, D, J)
+        self.inner_cs = torch.cat([beta.cos(), beta.sin()], dim=-2)  # (N, T, 2D, J)
+
+    def outer(self, c0, c1):
+        """Angles A (N, T, C/J, D) of the block's column groups starting at c0."""
+        inner = self.inner_cs.shape[-1]
+        groups = -(-(c1 - c0) // inner)
+        start = c0 + inner * torch.arange(groups, device=self.w.device, dtype=self.w.dtype)
+        return self.w[:, :, None, :] * start[:, None]
+
+    def block(self, alpha, ncols):
+        """G[:, :, c0:c0 + ncols] (N, T, ncols) from the outer angles."""
+        a = torch.cat([alpha.cos(), -alpha.sin()], dim=-1)  # (N, T, C/J, 2D)
+        g = torch.matmul(a, self.inner_cs)  # (N, T, C/J, J)
+        return g.flatten(-2)[..., :ncols]
+
+    def grad_w(self, alpha, dG_pos):
+        """d/dw of sum(dG * G) given dG_pos = dG * column position (N, T, ncols)."""
+        groups, inner = alpha.shape[-2], self.inner_cs.shape[-1]
+        pad = groups * inner - dG_pos.shape[-1]
+        W = torch.nn.functional.pad(dG_pos, (0, pad)).unflatten(-1, (groups, inner))  # (N, T, C/J, J)
+        Z = torch.matmul(W, self.inner_cs.transpose(-1, -2))  # (N, T, C/J, 2D): [sum_j W cos B | sum_j W sin B]
+        d = alpha.shape[-1]
+        return -(alpha.sin() * Z[..., :d] + alpha.cos() * Z[..., d:]).sum(-2)
+
+
+class _CosRowsMix(torch.autograd.Function):
+    """out = G(theta) a (transpose=False) or G(theta)^T a (transpose=True); a (N, L, P), theta (N, L, D)."""
 
     @staticmethod
-    def block_grad(q_t, k, rows, cols, sign, dM):
-        dq = torch.empty_like(q_t)
-        dk = torch.empty_like(k)
-        wc, wr = TWO_PI * cols, TWO_PI * rows[:, None]
-        for d in range(q_t.shape[-1]):
-            dq[..., d] = -(dM * torch.sin(q_t[..., d, None] * wc) * wc).sum(-1)
-            dk[..., d] = -sign * (dM * torch.sin(k[..., None, :, d] * wr) * wr).sum(-2)
-        return dq, dk
+    def forward(ctx, a, theta, transpose, rows, cols):
+        n, length, _ = a.shape
+        inner, cols = _split(cols)
+        w = TWO_PI * theta
+        out = torch.zeros_like(a)
+        for r0, r1 in spans(length, rows):
+            R = _Rows(w[:, r0:r1], inner)
+            for c0, c1 in spans(length, cols):
+                G = R.block(R.outer(c0, c1), c1 - c0)
+                if transpose:
+                    out[:, c0:c1].baddbmm_(G.transpose(1, 2), a[:, r0:r1])
+                else:
+                    out[:, r0:r1].baddbmm_(G, a[:, c0:c1])
+        ctx.transpose, ctx.rows, ctx.cols, ctx.inner = transpose, rows, cols, inner
+        ctx.save_for_backward(a, theta)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        a, theta = ctx.saved_tensors
+        transpose, rows, cols, inner = ctx.transpose, ctx.rows, ctx.cols, ctx.inner
+        n, length, _ = a.shape
+        need_a, need_t = ctx.needs_input_grad[:2]
+        gout = gout.contiguous()
+        w = TWO_PI * theta
+        da = torch.zeros_like(a) if need_a else None
+        dw = torch.zeros_like(theta) if need_t else None
+        pos = torch.arange(length, device=a.device, dtype=a.dtype)
+        for r0, r1 in spans(length, rows):
+            R = _Rows(w[:, r0:r1], inner)
+            for c0, c1 in spans(length, cols):
+                alpha = R.outer(c0, c1)
+                if need_a:
+                    G = R.block(alpha, c1 - c0)
+                    if transpose:
+                        da[:, r0:r1].baddbmm_(G, gout[:, c0:c1])
+                    else:
+                        da[:, c0:c1].baddbmm_(G.transpose(1, 2), gout[:, r0:r1])
+                    del G
+                if need_t:
+                    if transpose:
+                        dG = torch.bmm(a[:, r0:r1], gout[:, c0:c1].transpose(1, 2))
+                    else:
+                        dG = torch.bmm(gout[:, r0:r1], a[:, c0:c1].transpose(1, 2))
+                    dw[:, r0:r1] += R.grad_w(alpha, dG.mul_(pos[c0:c1]))
+        return da, (TWO_PI * dw if need_t else None), None, None, None
 
 
 def vandermonde_matrix(q: torch.Tensor, k: torch.Tensor, sign: float = -1.0) -> torch.Tensor:
@@ -61,9 +144,20 @@ def vandermonde_ref(x, q, k, sign: float = -1.0):
     return torch.einsum("bhij,bjhp->bihp", M, x.double()).to(x.dtype)
 
 
-def vandermonde_mix(x, q, k, sign: float = -1.0, tile: int | None = None):
-    """Fast path: tiled, O(L^2 D (H P)) time, O(L * tile) memory for forward and backward."""
-    return tiled_mix(_VandermondeKind, float(sign), x, q, k, tile)
+def vandermonde_mix(x, q, k, sign: float = -1.0, tile: int | None = None, col_tile: int | None = None):
+    """Fast path: O(L^2 H (D + P)) time as batched matmuls, O(L D) sines and cosines;
+    memory O(L) plus one block of ``tile x col_tile`` per (batch, head).
+
+    Works in float32 (float64 if any input is float64); returns x's dtype.
+    """
+    check_mix_args(x, q, k)
+    b, length, h, _ = x.shape
+    work = work_dtype(x, q, k)
+    rows, cols = tile_sizes(b * h, length, tile, col_tile)
+    xh = head_major(x, b, work)
+    y = _CosRowsMix.apply(xh, head_major(q, b, work), False, rows, cols)
+    y_k = _CosRowsMix.apply(xh, head_major(k, b, work), True, rows, cols)
+    return from_head_major(y + float(sign) * y_k, b, x.dtype)
 
 
 def dft_cos_matrix(length: int, n: int, device=None, dtype=torch.float32) -> torch.Tensor:
