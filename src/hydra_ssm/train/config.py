@@ -95,7 +95,7 @@ class TrainConfig:
     pooling: str = _f("cls", "classification pooling: cls or mean", choices=("cls", "mean"))
     # ---------------------------------------------------------------- optimisation
     steps: int = _f(200, "optimizer steps per run")
-    batch_size: int = _f(24, "global batch size (split over processes under torchrun)")
+    batch_size: int = _f(16, "global batch size (split over processes under torchrun)")
     lr: float = _f(2e-3, "peak learning rate (AdamW)")
     weight_decay: float = _f(0.01, "AdamW weight decay")
     warmup_steps: int = _f(20, "linear warm-up steps, then cosine decay to 10%% of the peak")
