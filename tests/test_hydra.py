@@ -226,3 +226,26 @@ def test_bad_mask(mask, match):
 def test_bad_constructor_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         Hydra(**{**TINY, **kw})
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_gated_rms_norm_matches_autograd_reference(gated):
+    from hydra_ssm.mixers.norm import GatedRMSNorm, gated_rms_norm_ref
+
+    norm = GatedRMSNorm(12).double()
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 5, 12, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(3, 5, 12, dtype=torch.float64, requires_grad=True) if gated else None
+    inputs = (x, norm.weight) if z is None else (x, z, norm.weight)
+
+    def fast(*a):
+        return GatedRMSNorm.forward(norm, a[0], None if z is None else a[1])
+
+    assert torch.autograd.gradcheck(fast, inputs)
+    weight = torch.randn(3, 5, 12, dtype=torch.float64)
+    grads = [torch.autograd.grad((f(x, z) * weight).sum(), inputs)
+             for f in (norm, lambda a, b: gated_rms_norm_ref(a, b, norm.weight, norm.eps))]
+    torch.testing.assert_close(norm(x, z), gated_rms_norm_ref(x, z, norm.weight, norm.eps))
+    for g_fast, g_ref in zip(*grads):
+        torch.testing.assert_close(g_fast, g_ref)

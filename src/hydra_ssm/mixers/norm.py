@@ -1,4 +1,4 @@
-"""Gated RMSNorm in plain PyTorch."""
+"""Gated RMSNorm in plain PyTorch, with a hand-written backward that keeps memory low."""
 
 from __future__ import annotations
 
@@ -7,8 +7,53 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def gated_rms_norm_ref(x, z, weight, eps: float):
+    """``rmsnorm(x) * weight * silu(z)`` written with autograd ops (the reference)."""
+    dtype = x.dtype
+    cdt = torch.promote_types(dtype, torch.float32)
+    x = x.to(cdt)
+    out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(cdt)
+    if z is not None:
+        out = out * F.silu(z.to(cdt))
+    return out.to(dtype)
+
+
+class _GatedRMSNorm(torch.autograd.Function):
+    """Saves x, z and the per-row 1/rms only; recomputes the rest in backward."""
+
+    @staticmethod
+    def forward(ctx, x, z, weight, eps):
+        cdt = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(cdt)
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        out = xf * rstd * weight.to(cdt)
+        if z is not None:
+            out.mul_(F.silu(z.to(cdt)))
+        ctx.save_for_backward(x, z, weight, rstd)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, z, weight, rstd = ctx.saved_tensors
+        cdt = rstd.dtype
+        n = x.to(cdt) * rstd  # normalised x
+        dout = dout.to(cdt)
+        dz = None
+        if z is not None:
+            zf = z.to(cdt)
+            sig = torch.sigmoid(zf)
+            gate = zf * sig
+            dz = dout * n * weight.to(cdt) * sig * (1 + zf * (1 - sig))
+            dout = dout * gate  # gradient w.r.t. rmsnorm(x) * weight
+        dweight = (dout * n).reshape(-1, n.shape[-1]).sum(0)
+        dn = dout * weight.to(cdt)
+        dx = rstd * (dn - n * (dn * n).mean(-1, keepdim=True))
+        return dx.to(x.dtype), (None if dz is None else dz.to(z.dtype)), dweight.to(weight.dtype), None
+
+
 class GatedRMSNorm(nn.Module):
-    """``rmsnorm(x) * weight * silu(z)`` (normalise before gating), computed in float32 (or float64 for float64 inputs).
+    """``rmsnorm(x) * weight * silu(z)`` (normalise before gating), computed in
+    float32 (or float64 for float64 inputs).
 
     Parameter names match the gated RMSNorm of the reference Hydra layer
     (``weight`` only).
@@ -20,10 +65,4 @@ class GatedRMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        dtype = x.dtype
-        cdt = torch.promote_types(dtype, torch.float32)
-        x = x.to(cdt)
-        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.to(cdt)
-        if z is not None:
-            x = x * F.silu(z.to(cdt))
-        return x.to(dtype)
+        return _GatedRMSNorm.apply(x, z, self.weight, self.eps)

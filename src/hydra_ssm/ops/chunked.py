@@ -42,6 +42,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ._layout import from_chunks, to_chunks
+
 # Elements of one (s, b, H, Q, Q) slab of diagonal blocks: 4M float32 = 16 MB,
 # small enough for the allocator to reuse instead of mapping fresh pages.
 _SLAB_ELEMENTS = 1 << 22
@@ -161,8 +163,10 @@ def _carry_in_place(S, T, init, lower: bool):
 
 class _ChunkScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, dirs, x, *flat):
-        # flat: 7 tensors per direction (C, B, dt, r, k, T, init-or-None)
+    def forward(ctx, dirs, chunk_size, x_seq, *flat):
+        # x_seq: (b, L, H, P); flat: 7 tensors per direction (C, B, dt, r, k, T, init-or-None)
+        # x is chunked here rather than by the caller so that only x_seq is saved.
+        x = to_chunks(x_seq, chunk_size)
         dir_tensors = [flat[7 * i: 7 * i + 7] for i in range(len(dirs))]
         c, b, h, q, p = x.shape
         g = dir_tensors[0][0].shape[2]
@@ -185,15 +189,17 @@ class _ChunkScan(torch.autograd.Function):
             for (C, _B, _dt, r, _k, _T, _i), ent in zip(dir_tensors, entering):
                 _bmm_into(y[sl], _per_head(C[sl], torch.exp(r[sl]).to(x.dtype)), ent[sl], True)
 
-        ctx.dirs = dirs
+        ctx.dirs, ctx.chunk_size = dirs, chunk_size
         ctx.has_init = [t[6] is not None for t in dir_tensors]
-        ctx.save_for_backward(x, *[t if t is not None else x.new_empty(0) for t in flat])
-        return (y, *finals)
+        ctx.save_for_backward(x_seq, *[t if t is not None else x.new_empty(0) for t in flat])
+        return (from_chunks(y, x_seq.shape[1]), *finals)
 
     @staticmethod
     def backward(ctx, dy, *dfinals):
-        x, *flat = ctx.saved_tensors
+        x_seq, *flat = ctx.saved_tensors
         dirs = ctx.dirs
+        x = to_chunks(x_seq, ctx.chunk_size)
+        dy = to_chunks(dy, ctx.chunk_size)
         dir_tensors = []
         for i in range(len(dirs)):
             C, B, dt, r, k, T, init = flat[7 * i: 7 * i + 7]
@@ -201,7 +207,6 @@ class _ChunkScan(torch.autograd.Function):
         c, b, h, q, p = x.shape
         g = dir_tensors[0][0].shape[2]
         outside = {d: _triangle(q, d, x.device) for d in dirs}
-        dy = dy.contiguous()
 
         grads = []  # per direction: dC, dB, ddt, dr, dk, dT, dinit
         entering, state_grads = [], []
@@ -283,14 +288,16 @@ class _ChunkScan(torch.autograd.Function):
             _bmm_into(dx[sl], M.transpose(-1, -2), dys, True)  # dx += M^T dy
 
         flat_grads = [t for gr in grads for t in gr]
-        return (None, dx, *flat_grads)
+        return (None, None, from_chunks(dx, x_seq.shape[1]), *flat_grads)
 
 
-def chunk_scan(dirs, x, dir_tensors):
-    """Run the chunked scan. ``dir_tensors``: one (C, B, dt, r, k, T, init) tuple per direction.
+def chunk_scan(dirs, x, chunk_size, dir_tensors):
+    """Run the chunked scan on x (b, L, H, P) with chunks of ``chunk_size``.
 
-    Returns (y, [final state per direction]) with states in (b, H, N, P).
+    ``dir_tensors``: one (C, B, dt, r, k, T, init) tuple per direction, in the
+    chunk-major layout. Returns (y (b, L, H, P), [final state per direction])
+    with states in (b, H, N, P).
     """
     flat = [t for tensors in dir_tensors for t in tensors]
-    y, *finals = _ChunkScan.apply(tuple(dirs), x, *flat)
+    y, *finals = _ChunkScan.apply(tuple(dirs), chunk_size, x, *flat)
     return y, finals

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._layout import check_chunk_size, from_chunks, to_chunks
+from ._layout import check_chunk_size, to_chunks
 from ._shapes import check_D, check_ssm_args, compute_dtype
 from .chunked import Direction, chunk_scan, log_decays
 from .reference import _split_states
@@ -68,15 +68,13 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
     C_fwd = F.pad(C_fwd.to(cdt), (0, 0, 0, 0, 1, 0))[:, :l]
     C_bwd = F.pad(C_bwd.to(cdt), (0, 0, 0, 0, 0, 1))[:, 1:]
 
-    xc = to_chunks(x.to(cdt), q)
     dirs = []
     for direction, dt, B, C, s0 in ((FORWARD, dt_fwd, B_fwd, C_fwd, s_fwd), (BACKWARD, dt_bwd, B_bwd, C_bwd, s_bwd)):
         dtc = to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1)
         r, k, total = log_decays(dtc, A, direction, cdt)
         init = None if s0 is None else s0.to(cdt).transpose(-1, -2).contiguous()
         dirs.append((to_chunks(C.to(cdt), q), to_chunks(B.to(cdt), q), dtc, r, k, total, init))
-    y, _ = chunk_scan([FORWARD, BACKWARD], xc, dirs)
-    y = from_chunks(y, l)
+    y, _ = chunk_scan([FORWARD, BACKWARD], x.to(cdt), q, dirs)
     return _add_diag(y, x.to(cdt), None if D is None else D.to(cdt)).to(out_dtype)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ._layout import check_chunk_size, from_chunks, to_chunks
+from ._layout import check_chunk_size, to_chunks
 from ._shapes import check_ssm_args, check_state, compute_dtype
 from .chunked import Direction, chunk_scan, log_decays
 
@@ -32,13 +32,12 @@ def semiseparable_chunked(x, dt, A, B, C, chunk_size: int = 64, initial_states=N
     cdt = compute_dtype(x, dt, A, B, C, initial_states)
     q = min(chunk_size, l)
 
-    xc = to_chunks(x.to(cdt), q)  # (c, b, H, Q, P)
     dtc = to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1)  # (c, b, H, Q)
     Bc, Cc = (to_chunks(t.to(cdt), q) for t in (B, C))  # (c, b, G, Q, N)
     r, k, total = log_decays(dtc, A, CAUSAL, cdt)
     init = None if initial_states is None else initial_states.to(cdt).transpose(-1, -2).contiguous()
-    y, (final,) = chunk_scan([CAUSAL], xc, [(Cc, Bc, dtc, r, k, total, init)])
-    y = from_chunks(y, l).to(out_dtype)
+    y, (final,) = chunk_scan([CAUSAL], x.to(cdt), q, [(Cc, Bc, dtc, r, k, total, init)])
+    y = y.to(out_dtype)
     if return_final_states:
         return y, final.transpose(-1, -2).to(out_dtype)
     return y
