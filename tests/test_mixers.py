@@ -330,3 +330,61 @@ def test_positional_reference_signature_and_pickling():
     m2 = copy.deepcopy(m)
     u = torch.randn(1, 4, D_MODEL)
     torch.testing.assert_close(m(u), m2(u))
+
+
+# --------------------------------------------------------------------------- no L x L tensors
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the op that produced the largest tensor (by element count)."""
+
+    def __init__(self):
+        super().__init__()
+        self.numel, self.op = 0, None
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor) and t.numel() > self.numel:
+                self.numel, self.op = t.numel(), f"{func} -> {tuple(t.shape)}"
+        return out
+
+
+NO_LL_CASES = [(t, dd, {}) for t, dd in CASES if t != "dense"] + [
+    ("vandermonde", False, {"is_dft": False}),
+    ("attention", False, {"headdim": 4}),  # head size == qk_dim: no padding copy in front of SDPA
+    ("attention", True, {"headdim": 4}),
+]
+
+
+@pytest.mark.parametrize("t,dd,kw", NO_LL_CASES,
+                         ids=[f"{t}-{'sam' if dd else 'di'}{'-' + '-'.join(map(str, kw.values())) if kw else ''}"
+                              for t, dd, kw in NO_LL_CASES])
+def test_no_L_by_L_tensor_in_forward_and_backward(t, dd, kw, monkeypatch):
+    """forward + backward (materialize excluded) never produce a tensor with L * L elements.
+
+    The tiled classes are checked with a small block budget and the chunked ones with a
+    small chunk, so that the test sees the tiling itself (blocks of B * H * tile * L or
+    B * H * chunk * L elements are linear in L; at large L the defaults are far below
+    L * L as well). The SDPA
+    path of the attention class must stay fused: PyTorch's math fallback (taken e.g. for
+    a q or k whose last dim is not unit-stride) builds (B, H, L, L) weights.
+    """
+    import hydra_ssm.ops._tiled as tiled
+
+    monkeypatch.setattr(tiled, "BLOCK_BUDGET", 1 << 17)
+    L, batch = 1024, 2
+    kw = dict(kw)
+    headdim = kw.pop("headdim", 16)
+    torch.manual_seed(0)
+    m = MatrixMixer(t, dd, 32, 4, max_seq_len=L, headdim=headdim, chunk_size=64, **kw)
+    u = torch.randn(batch, L, 32, requires_grad=True)
+    mask = torch.ones(batch, L, dtype=torch.bool)
+    mask[1, :200] = False  # left padding in the second row
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the dispatch mode adds per-op overhead; keep the test cheap on busy machines
+    try:
+        with _LargestTensor() as rec:
+            m(u, attention_mask=mask).square().sum().backward()
+    finally:
+        torch.set_num_threads(threads)
+    assert rec.numel < L * L, rec.op
+    assert u.grad is not None and torch.isfinite(u.grad).all()

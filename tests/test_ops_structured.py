@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from hydra_ssm.ops import cauchy, low_rank, toeplitz, vandermonde
-from hydra_ssm.ops._tiled import tile_rows
+from hydra_ssm.ops._tiled import tile_rows, tile_sizes
 
 shapes = dict(b=st.integers(1, 2), L=st.sampled_from([1, 2, 5, 7, 13, 31]), h=st.integers(1, 3),
               p=st.integers(1, 4), d=st.integers(1, 3), seed=st.integers(0, 1000))
@@ -42,10 +42,23 @@ def test_low_rank(b, L, h, p, d, seed):
 
 
 @settings(max_examples=15, deadline=None)
-@given(**shapes, tile=st.sampled_from([None, 1, 3, 8]), sign=st.sampled_from([-1.0, 1.0]))
-def test_vandermonde_tiled(b, L, h, p, d, seed, tile, sign):
+@given(**shapes, tile=st.sampled_from([None, 1, 3, 8]), col_tile=st.sampled_from([None, 1, 5, 12]),
+       sign=st.sampled_from([-1.0, 1.0]))
+def test_vandermonde_tiled(b, L, h, p, d, seed, tile, col_tile, sign):
     x, q, k = rand(b, L, h, p, seed=seed), 0.05 * rand(b, L, h, d, seed=seed + 1), 0.05 * rand(L, h, d, seed=seed + 2)
-    torch.testing.assert_close(vandermonde.vandermonde_mix(x, q, k, sign, tile=tile), vandermonde.vandermonde_ref(x, q, k, sign))
+    torch.testing.assert_close(vandermonde.vandermonde_mix(x, q, k, sign, tile=tile, col_tile=col_tile),
+                               vandermonde.vandermonde_ref(x, q, k, sign))
+
+
+def test_vandermonde_float32_long_and_large_frequencies():
+    """Angle-addition blocks stay accurate in float32 at a length with many column groups,
+    and for frequencies far from the small-eps regime (arguments of many periods)."""
+    for scale in (1e-3, 0.3):
+        x, q, k = rand(1, 700, 2, 3, seed=1), scale * rand(1, 700, 2, 4, seed=2), scale * rand(700, 2, 4, seed=3)
+        ref = vandermonde.vandermonde_ref(x, q, k)
+        y = vandermonde.vandermonde_mix(x.float(), q.float(), k.float(), col_tile=300)
+        err = (y.double() - ref).norm() / ref.norm()
+        assert err < 1e-4, (scale, err)
 
 
 @settings(max_examples=10, deadline=None)
@@ -58,10 +71,10 @@ def test_dft_cos(L, extra, seed):
 
 
 @settings(max_examples=15, deadline=None)
-@given(**shapes, tile=st.sampled_from([None, 1, 4, 6]))
-def test_cauchy_tiled(b, L, h, p, d, seed, tile):
+@given(**shapes, tile=st.sampled_from([None, 1, 4, 6]), col_tile=st.sampled_from([None, 1, 3, 10]))
+def test_cauchy_tiled(b, L, h, p, d, seed, tile, col_tile):
     x, q, k = rand(b, L, h, p, seed=seed), rand(b, L, h, d, seed=seed + 1).exp(), rand(L, h, d, seed=seed + 2).exp()
-    torch.testing.assert_close(cauchy.cauchy_mix(x, q, k, tile=tile), cauchy.cauchy_ref(x, q, k))
+    torch.testing.assert_close(cauchy.cauchy_mix(x, q, k, tile=tile, col_tile=col_tile), cauchy.cauchy_ref(x, q, k))
 
 
 @pytest.mark.parametrize("op", ["vandermonde", "cauchy", "toeplitz", "low_rank"])
@@ -74,20 +87,25 @@ def test_gradcheck(op):
     q, k = rand(2, 7, 2, 2, seed=3), rand(7, 2, 2, seed=4)
     if op == "vandermonde":
         q, k = 0.1 * q, 0.1 * k
-        fn = lambda a, b, c: vandermonde.vandermonde_mix(a, b, c, -1.0, tile=3)  # noqa: E731
+        fn = lambda a, b, c: vandermonde.vandermonde_mix(a, b, c, -1.0, tile=3, col_tile=4)  # noqa: E731
     elif op == "cauchy":
         q, k = q.exp(), k.exp()
-        fn = lambda a, b, c: cauchy.cauchy_mix(a, b, c, tile=3)  # noqa: E731
+        fn = lambda a, b, c: cauchy.cauchy_mix(a, b, c, tile=3, col_tile=4)  # noqa: E731
     else:
         fn = low_rank.low_rank_mix
     assert torch.autograd.gradcheck(fn, (x, q.requires_grad_(), k.requires_grad_()))
 
 
 def test_tile_size_bounds_memory():
-    assert tile_rows(1, 4, 16384, None) * 4 * 16384 <= 1 << 22
+    rows, cols = tile_sizes(4, 16384)
+    assert rows * cols * 4 <= 1 << 20 and cols < 16384  # one block is far below L x L per head
+    assert tile_sizes(1, 5) == (5, 5)
     assert tile_rows(1, 1, 5, None) == 5
+    assert tile_sizes(2, 100, 7, 9) == (7, 9)
     with pytest.raises(ValueError):
         tile_rows(1, 1, 5, 0)
+    with pytest.raises(ValueError):
+        tile_sizes(1, 5, None, -1)
 
 
 def test_shape_errors():

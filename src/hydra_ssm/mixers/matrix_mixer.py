@@ -379,7 +379,7 @@ class ToeplitzMixer(MatrixMixer):
     is ``conv_params[(d + max_seq_len) mod (2 max_seq_len - 1)]``).
     SAM: the kernel is read from two per-token feature streams, ``f`` for
     lags ``d >= -1`` (``f[d + 1]``) and ``r`` for ``d <= -2`` (``r[-d - 1]``),
-    with the corner lag ``d = L - 1`` taking ``r[L - 1]``; this is the
+    with the corner lag ``d = L - 1`` taking ``r[L - 1]`` (``f[0]`` at ``L = 1``); this is the
     reference's layout at ``L = max_seq_len``, extended to any L (the
     reference itself runs only at ``L = max_seq_len``).
     """
@@ -410,6 +410,8 @@ class ToeplitzMixer(MatrixMixer):
             n = mask.sum(1)
             pos = torch.arange(length, device=f.device)
             r_last = r.gather(2, (n - 1).clamp(min=0)[:, None, None].expand(-1, r.shape[1], 1))
+            # at n == 1 the unpadded layout has no r entries: its single lag reads f[0]
+            r_last = torch.where((n > 1)[:, None, None], r_last, f[..., :1])
             f = torch.where((pos[None] == n[:, None])[:, None], r_last, f)
         c = torch.cat([r[..., 1:].flip(-1), f], dim=-1)  # (B, H, 2L-1): the reference's layout
         return torch.cat([c[..., 1:], c[..., :1]], dim=-1) * scale
