@@ -34,20 +34,24 @@ class _GatedRMSNorm(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout):
+        # In-place where possible: this runs while every activation of the layer is alive.
         x, z, weight, rstd = ctx.saved_tensors
         cdt = rstd.dtype
+        w = weight.to(cdt)
         n = x.to(cdt) * rstd  # normalised x
         dout = dout.to(cdt)
         dz = None
         if z is not None:
             zf = z.to(cdt)
             sig = torch.sigmoid(zf)
-            gate = zf * sig
-            dz = dout * n * weight.to(cdt) * sig * (1 + zf * (1 - sig))
-            dout = dout * gate  # gradient w.r.t. rmsnorm(x) * weight
-        dweight = (dout * n).reshape(-1, n.shape[-1]).sum(0)
-        dn = dout * weight.to(cdt)
-        dx = rstd * (dn - n * (dn * n).mean(-1, keepdim=True))
+            dz = torch.rsub(sig, 1).mul_(zf).add_(1).mul_(sig)  # silu'(z) = sig (1 + z (1 - sig))
+            dz.mul_(dout).mul_(n).mul_(w)
+            dout = sig.mul_(zf).mul_(dout)  # gradient w.r.t. rmsnorm(x) * weight: dout * silu(z)
+            del zf
+        dweight = (dout * n).sum(dim=tuple(range(n.dim() - 1)))
+        dn = dout.mul_(w) if z is not None else dout * w
+        proj = torch.einsum("...d,...d->...", dn, n).div_(n.shape[-1]).unsqueeze(-1)
+        dx = n.mul_(proj).neg_().add_(dn).mul_(rstd)  # rstd (dn - n mean(dn n))
         return dx.to(x.dtype), (None if dz is None else dz.to(z.dtype)), dweight.to(weight.dtype), None
 
 

@@ -206,35 +206,12 @@ class _ChunkScan(torch.autograd.Function):
             dir_tensors.append((C, B, dt, r, k, T, init if ctx.has_init[i] else None))
         c, b, h, q, p = x.shape
         g = dir_tensors[0][0].shape[2]
-        outside = {d: _triangle(q, d, x.device) for d in dirs}
-
-        grads = []  # per direction: dC, dB, ddt, dr, dk, dT, dinit
-        entering, state_grads = [], []
-        for d, (C, B, dt, r, k, T, init), dfinal in zip(dirs, dir_tensors, dfinals):
-            gr = [torch.zeros_like(C), torch.zeros_like(B), torch.zeros_like(dt), torch.zeros_like(r),
-                  torch.zeros_like(k), torch.zeros_like(T), None]
-            # recompute the entering states
-            ent = _chunk_states(x, B, dt, k, T, g)
-            _carry_in_place(ent, T, init, d.lower)
-            # gradient w.r.t. the entering states from the outputs: (C_i exp(r_i))^T dy
-            dS = torch.empty_like(ent)
-            for sl in _slabs(c, b * h * q * max(p, C.shape[-1])):
-                _bmm_into(dS[sl], _per_head(C[sl], torch.exp(r[sl]).to(x.dtype)).transpose(-1, -2), dy[sl], False)
-            # reverse of the carry, in place: dS becomes the gradient w.r.t. each chunk's state S
-            decay = torch.exp(T).to(x.dtype)[..., None, None]
-            state_grad = torch.zeros_like(ent[0]) if dfinal is None else dfinal
-            for ci in (range(c - 1, -1, -1) if d.lower else range(c)):
-                to_prev = torch.addcmul(dS[ci], decay[ci], state_grad)
-                dS[ci].copy_(state_grad)
-                state_grad = to_prev
-            if init is not None:
-                gr[6] = state_grad
-            gr[5] += (decay[..., 0, 0] * (dS * ent).sum((-1, -2))).to(gr[5].dtype)  # H_next = exp(T) H_prev + S
-            grads.append(gr)
-            entering.append(ent)
-            state_grads.append(dS)
-
         dx = torch.empty_like(x)
+        grads = [_states_backward(d, tensors, dfinal, x, dy, dx, g, accumulate=n > 0)
+                 for n, (d, tensors, dfinal) in enumerate(zip(dirs, dir_tensors, dfinals))]
+
+        # ---- inside the chunks, slab by slab; both directions share dM = dy x^T and dx += M^T dy
+        outside = {d: _triangle(q, d, x.device) for d in dirs}
         bufs = None
         for sl in _slabs(c, b * h * q * q):
             shape = (sl.stop - sl.start, b, h, q, q)
@@ -243,11 +220,10 @@ class _ChunkScan(torch.autograd.Function):
             M, dM, K, KC = bufs
             xs, dys = x[sl], dy[sl]
             _bmm_into(dM, dys, xs.transpose(-1, -2), False)  # dM = dy x^T
-            for n, (d, (C, B, dt, r, k, T, _init), gr, ent, dS) in enumerate(
-                    zip(dirs, dir_tensors, grads, entering, state_grads)):
-                Cs, Bs, dts, rs, ks, Ts = C[sl], B[sl], dt[sl], r[sl], k[sl], T[sl]
+            for n, (d, (C, B, dt, r, k, _T, _init), gr) in enumerate(zip(dirs, dir_tensors, grads)):
+                Cs, Bs, dts = C[sl], B[sl], dt[sl]
                 CB = (Cs @ Bs.transpose(-1, -2)).unsqueeze(3)  # (s, b, G, 1, Q, Q)
-                decay = _decay_block(K, rs, ks, outside[d])
+                decay = _decay_block(K, r[sl], k[sl], outside[d])
                 # the value matrix, for dx
                 Md = M if n == 0 else KC
                 torch.mul(decay, dts.unsqueeze(-2), out=Md)
@@ -264,31 +240,59 @@ class _ChunkScan(torch.autograd.Function):
                 dCB = _by_group(K.mul_(dts.unsqueeze(-2)), g).sum(3)  # (s, b, G, Q, Q)
                 gr[0][sl] += dCB @ Bs
                 gr[1][sl] += dCB.transpose(-1, -2) @ Cs
-                # across chunks: y_i += exp(r_i) C_i^T entering
-                er = torch.exp(rs).to(x.dtype)
-                dCe = dys @ ent[sl].transpose(-1, -2)  # (s, b, H, Q, N)
-                gr[0][sl] += (_by_group(dCe, g) * _by_group(er, g).unsqueeze(-1)).sum(3)
-                gr[3][sl] += (dCe * _per_head(Cs, er)).sum(-1)
-                # chunk states: S = sum_j w_j B_j x_j^T with w = exp(T - k) dt
-                ew = torch.exp(Ts.unsqueeze(-1) - ks).to(x.dtype)
-                w = ew * dts
-                dSs = dS[sl]
-                dBw = xs @ dSs.transpose(-1, -2)  # (s, b, H, Q, N)
-                gr[1][sl] += (_by_group(dBw, g) * _by_group(w, g).unsqueeze(-1)).sum(3)
-                dw = (_by_group(dBw, g) * Bs.unsqueeze(3)).sum(-1).flatten(2, 3)
-                gr[2][sl] += dw * ew
-                dww = dw * w
-                gr[5][sl] += dww.sum(-1)
-                gr[4][sl] -= dww
-                Bw = _per_head(Bs, w)
-                if n == 0:
-                    _bmm_into(dx[sl], Bw, dSs, False)
-                else:
-                    _bmm_into(dx[sl], Bw, dSs, True)
             _bmm_into(dx[sl], M.transpose(-1, -2), dys, True)  # dx += M^T dy
 
         flat_grads = [t for gr in grads for t in gr]
         return (None, None, from_chunks(dx, x_seq.shape[1]), *flat_grads)
+
+
+def _states_backward(d, tensors, dfinal, x, dy, dx, g, accumulate):
+    """Gradients of one direction's across-chunk terms; writes (or adds) its part of dx.
+
+    Returns [dC, dB, ddt, dr, dk, dT, dinit] (the intra-chunk terms are added later).
+    One direction at a time, so only its entering states and their gradients are alive.
+    """
+    C, B, dt, r, k, T, init = tensors
+    c, b, h, q, p = x.shape
+    gr = [torch.zeros_like(C), torch.zeros_like(B), torch.zeros_like(dt), torch.zeros_like(r),
+          torch.zeros_like(k), torch.zeros_like(T), None]
+    # recompute the states entering each chunk
+    ent = _chunk_states(x, B, dt, k, T, g)
+    _carry_in_place(ent, T, init, d.lower)
+    # gradient w.r.t. the entering states from the outputs: (C_i exp(r_i))^T dy
+    dS = torch.empty_like(ent)
+    slabs = list(_slabs(c, b * h * q * max(p, C.shape[-1])))
+    for sl in slabs:
+        _bmm_into(dS[sl], _per_head(C[sl], torch.exp(r[sl]).to(x.dtype)).transpose(-1, -2), dy[sl], False)
+    # reverse of the carry, in place: dS becomes the gradient w.r.t. each chunk's state S
+    decay = torch.exp(T).to(x.dtype)[..., None, None]
+    state_grad = torch.zeros_like(ent[0]) if dfinal is None else dfinal
+    for ci in (range(c - 1, -1, -1) if d.lower else range(c)):
+        to_prev = torch.addcmul(dS[ci], decay[ci], state_grad)
+        dS[ci].copy_(state_grad)
+        state_grad = to_prev
+    if init is not None:
+        gr[6] = state_grad
+    for sl in slabs:
+        Cs, Bs, dts, rs, ks, Ts, ents, dSs, xs, dys = (t[sl] for t in (C, B, dt, r, k, T, ent, dS, x, dy))
+        gr[5][sl] += (decay[sl, ..., 0, 0] * (dSs * ents).sum((-1, -2))).to(gr[5].dtype)  # H_next = e^T H + S
+        # outputs: y_i += exp(r_i) C_i^T entering
+        er = torch.exp(rs).to(x.dtype)
+        dCe = dys @ ents.transpose(-1, -2)  # (s, b, H, Q, N)
+        gr[0][sl] += (_by_group(dCe, g) * _by_group(er, g).unsqueeze(-1)).sum(3)
+        gr[3][sl] += (dCe * _per_head(Cs, er)).sum(-1)
+        # chunk states: S = sum_j w_j B_j x_j^T with w = exp(T - k) dt
+        ew = torch.exp(Ts.unsqueeze(-1) - ks).to(x.dtype)
+        w = ew * dts
+        dBw = xs @ dSs.transpose(-1, -2)  # (s, b, H, Q, N)
+        gr[1][sl] += (_by_group(dBw, g) * _by_group(w, g).unsqueeze(-1)).sum(3)
+        dw = (_by_group(dBw, g) * Bs.unsqueeze(3)).sum(-1).flatten(2, 3)
+        gr[2][sl] += dw * ew
+        dww = dw * w
+        gr[5][sl] += dww.sum(-1)
+        gr[4][sl] -= dww
+        _bmm_into(dx[sl], _per_head(Bs, w), dSs, accumulate)
+    return gr
 
 
 def chunk_scan(dirs, x, chunk_size, dir_tensors):
