@@ -16,6 +16,13 @@ median. Peak memory:
 
 Configurations whose single pass exceeds ``--max-seconds`` stop after fewer
 repeats (the table reports how many). Benchmarks never assert.
+
+Workers run with ``OMP_WAIT_POLICY=PASSIVE`` unless ``--omp-wait-policy``
+says otherwise (or the variable is already set): on a machine shared with
+other jobs, OpenMP's default of spinning at every barrier lets one of the
+workers' threads hold a core while its sibling waits to be scheduled, which
+made every ATen op cost a scheduler time slice and slowed multi-threaded
+runs by 5-50x (e.g. 79 s instead of 1.9 s for one Cauchy pass at L = 4096).
 """
 
 from __future__ import annotations
@@ -95,10 +102,11 @@ def _worker(cfg: dict) -> dict:
     return {"ms": 1e3 * statistics.median(times), "runs": len(times), "peak_mb": max(0, peak) / 2**20}
 
 
-def _run_one(cfg: dict, timeout: float) -> dict:
+def _run_one(cfg: dict, timeout: float, env: dict | None = None) -> dict:
     code = "import json,sys; from hydra_ssm.bench.mixers import _worker; print('RESULT', json.dumps(_worker(json.loads(sys.argv[1]))))"
     try:
-        proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True, timeout=timeout)
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(cfg)], capture_output=True, text=True, timeout=timeout,
+                              env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timeout after {timeout:.0f}s"}
     for line in proc.stdout.splitlines():
@@ -137,11 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dense-max-len", type=int, default=4096, help="skip dense above this length (L^2 parameters)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--omp-wait-policy", default="PASSIVE",
+                   help="OMP_WAIT_POLICY of the workers unless already set ('' keeps the OpenMP default)")
     args = p.parse_args(argv)
+    env = dict(os.environ)
+    if args.omp_wait_policy and "OMP_WAIT_POLICY" not in env:
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy
 
     print(f"Machine: {machine_line()}; device {args.device}; d_model {args.d_model}, headdim {args.headdim}, "
           f"qk_dim {args.qk_dim}, batch {args.batch}; forward+backward, median of up to {args.repeats} runs after "
-          f"{args.warmup} warm-up; peak = extra memory over weights and input.\n")
+          f"{args.warmup} warm-up; peak = extra memory over weights and input; threads "
+          f"{args.threads or 'default'}, OMP_WAIT_POLICY {env.get('OMP_WAIT_POLICY', 'default')}.\n")
     header = "| type | form | time | memory | direction |" + "".join(f" L={L}: ms / MB |" for L in args.lengths)
     print(header)
     print("|" + "---|" * (5 + len(args.lengths)))
@@ -164,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = dict(type=t, dd=form == "sam", L=L, d_model=args.d_model, headdim=args.headdim,
                            qk_dim=args.qk_dim, batch=args.batch, warmup=args.warmup, repeats=args.repeats,
                            max_seconds=args.max_seconds, device=args.device, threads=args.threads)
-                r = _run_one(cfg, args.timeout)
+                r = _run_one(cfg, args.timeout, env)
                 if "error" in r:
                     cells.append(f"error: {r['error']}")
                 else:

@@ -33,6 +33,8 @@ def tile_sizes(n: int, length: int, tile: int | None = None, col_tile: int | Non
     rows = min(length, tile if tile is not None else ROW_TILE)
     if col_tile is None:
         col_tile = max(1, BLOCK_BUDGET // max(1, n * rows))
+        if tile is None and col_tile >= length:  # whole rows fit: take more rows per block
+            rows = min(length, max(rows, BLOCK_BUDGET // max(1, n * length)))
     return max(1, rows), max(1, min(length, col_tile))
 
 
