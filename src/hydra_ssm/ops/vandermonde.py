@@ -46,34 +46,41 @@ def _split(cols: int) -> tuple[int, int]:
 
 
 class _Rows:
-    """Cosine rows of one row tile: ``w`` (N, T, D) angular frequencies (2 pi * theta)."""
+    """Cosine rows of one row tile: ``w`` (N, T, D) angular frequencies (2 pi * theta),
+    blocks of up to ``groups`` column groups of width ``inner``."""
 
-    def __init__(self, w, inner):
+    def __init__(self, w, inner, groups):
         self.w = w
         beta = w[..., None] * torch.arange(inner, device=w.device, dtype=w.dtype)  # (N, T, D, J)
         self.inner_cs = torch.cat([beta.cos(), beta.sin()], dim=-2)  # (N, T, 2D, J)
+        # group offsets J a, shared by every block of the row tile: A = w c0 + w J a
+        gam = w[:, :, None, :] * (inner * torch.arange(groups, device=w.device, dtype=w.dtype))[:, None]
+        self.gam_c, self.gam_s = gam.cos(), gam.sin()  # (N, T, groups, D)
 
     def outer(self, c0, c1):
-        """Angles A (N, T, C/J, D) of the block's column groups starting at c0."""
+        """cos A, sin A (N, T, C/J, D) of the block's column groups starting at c0."""
         inner = self.inner_cs.shape[-1]
         groups = -(-(c1 - c0) // inner)
-        start = c0 + inner * torch.arange(groups, device=self.w.device, dtype=self.w.dtype)
-        return self.w[:, :, None, :] * start[:, None]
+        w0 = (self.w * c0)[:, :, None, :]
+        c, s = w0.cos(), w0.sin()
+        gc, gs = self.gam_c[:, :, :groups], self.gam_s[:, :, :groups]
+        return c * gc - s * gs, s * gc + c * gs
 
     def block(self, alpha, ncols):
-        """G[:, :, c0:c0 + ncols] (N, T, ncols) from the outer angles."""
-        a = torch.cat([alpha.cos(), -alpha.sin()], dim=-1)  # (N, T, C/J, 2D)
+        """G[:, :, c0:c0 + ncols] (N, T, ncols) from the outer angles' (cos, sin)."""
+        a = torch.cat([alpha[0], -alpha[1]], dim=-1)  # (N, T, C/J, 2D)
         g = torch.matmul(a, self.inner_cs)  # (N, T, C/J, J)
         return g.flatten(-2)[..., :ncols]
 
     def grad_w(self, alpha, dG_pos):
         """d/dw of sum(dG * G) given dG_pos = dG * column position (N, T, ncols)."""
-        groups, inner = alpha.shape[-2], self.inner_cs.shape[-1]
+        cos_a, sin_a = alpha
+        groups, inner = cos_a.shape[-2], self.inner_cs.shape[-1]
         pad = groups * inner - dG_pos.shape[-1]
         W = torch.nn.functional.pad(dG_pos, (0, pad)).unflatten(-1, (groups, inner))  # (N, T, C/J, J)
         Z = torch.matmul(W, self.inner_cs.transpose(-1, -2))  # (N, T, C/J, 2D): [sum_j W cos B | sum_j W sin B]
-        d = alpha.shape[-1]
-        return -(alpha.sin() * Z[..., :d] + alpha.cos() * Z[..., d:]).sum(-2)
+        d = cos_a.shape[-1]
+        return -(sin_a * Z[..., :d] + cos_a * Z[..., d:]).sum(-2)
 
 
 class _CosRowsMix(torch.autograd.Function):
@@ -86,7 +93,7 @@ class _CosRowsMix(torch.autograd.Function):
         w = TWO_PI * theta
         out = torch.zeros_like(a)
         for r0, r1 in spans(length, rows):
-            R = _Rows(w[:, r0:r1], inner)
+            R = _Rows(w[:, r0:r1], inner, cols // inner)
             for c0, c1 in spans(length, cols):
                 G = R.block(R.outer(c0, c1), c1 - c0)
                 if transpose:
@@ -109,7 +116,7 @@ class _CosRowsMix(torch.autograd.Function):
         dw = torch.zeros_like(theta) if need_t else None
         pos = torch.arange(length, device=a.device, dtype=a.dtype)
         for r0, r1 in spans(length, rows):
-            R = _Rows(w[:, r0:r1], inner)
+            R = _Rows(w[:, r0:r1], inner, cols // inner)
             for c0, c1 in spans(length, cols):
                 alpha = R.outer(c0, c1)
                 if need_a:
