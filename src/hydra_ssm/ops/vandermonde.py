@@ -16,8 +16,10 @@ columns written as ``c = c0 + J a + j`` (``j < J``), the angle-addition formula
                        = ([cos A, -sin A] @ [cos B; sin B])[a, j]
 
 with ``A = 2 pi w c0 + 2 pi w J a`` and ``B = 2 pi w j``: a batched matmul of
-``(C/J, 2D) @ (2D, J)`` per row, needing only ``2 D (C/J + J)`` sines and
-cosines per row and block of C columns. The gradient of ``w`` uses
+``(C/J, 2D) @ (2D, J)`` per row. The sines and cosines of ``B`` and of the
+group offsets ``2 pi w J a`` are computed once per row tile, those of
+``2 pi w c0`` once per block, and ``A`` follows by angle addition, so a row
+costs ``O(D (C/J + J))`` sines and cosines instead of ``L D``. The gradient of ``w`` uses
 ``sin(u + v) = sin u cos v + cos u sin v`` the same way. Blocks are tiled as in
 :mod:`._tiled` (memory O(L) plus one block, hand-written backward that
 regenerates blocks); the products with ``x`` are matmuls.
