@@ -347,6 +347,20 @@ def _work(v: torch.Tensor) -> torch.dtype:
 
 
 # =========================================================================== classes
+class _QKFeatures:
+    """Types whose SAM form reads q and k (d_state channels each) from the conv and
+    whose DI form may learn per-position ``q_matrix``, ``k_matrix`` (max_seq_len, H, qk_dim)."""
+
+    def conv_features(self):
+        return {"q": self.d_state, "k": self.d_state}
+
+    def _init_learned_qk(self, inner, factory):
+        for name in ("q_matrix", "k_matrix"):
+            param = nn.Parameter(torch.empty(self.max_seq_len, self.nheads, self.qk_dim, **factory))
+            nn.init.xavier_normal_(param)
+            setattr(inner, name, param)
+
+
 @register_mixer("dense")
 class DenseMixer(MatrixMixer):
     """Dense: a learned (H, max_seq_len, max_seq_len) matrix per head; data-independent only.
@@ -448,7 +462,7 @@ class _DFTHolder(nn.Module):
 
 
 @register_mixer("vandermonde")
-class VandermondeMixer(MatrixMixer):
+class VandermondeMixer(_QKFeatures, MatrixMixer):
     """Vandermonde (cosine) mixer, ``M = scale * V + I``.
 
     - DI with ``is_dft=True`` (the default, as in the reference layer):
@@ -471,9 +485,6 @@ class VandermondeMixer(MatrixMixer):
     scale_uses_max_seq_len = True
     options = {"is_dft": True}
     eps = 1e-3
-
-    def conv_features(self):
-        return {"q": self.d_state, "k": self.d_state}
 
     def init_params(self, inner, factory):
         if self.is_data_dependent:
@@ -515,7 +526,7 @@ class VandermondeMixer(MatrixMixer):
 
 
 @register_mixer("cauchy")
-class CauchyMixer(MatrixMixer):
+class CauchyMixer(_QKFeatures, MatrixMixer):
     """Cauchy mixer, ``M[t, l] = scale * sum_d 1 / (q_t[d] + k_l[d] + 1e-8) + delta_tl``,
     scale ``1/sqrt(max_seq_len qk_dim)``.
 
@@ -528,17 +539,11 @@ class CauchyMixer(MatrixMixer):
     scale_uses_max_seq_len = True
     tol = 1e-8
 
-    def conv_features(self):
-        return {"q": self.d_state, "k": self.d_state}
-
     def init_params(self, inner, factory):
         if self.is_data_dependent:
             inner.bias = nn.Parameter(torch.tensor(0.5))
         else:
-            inner.q_matrix = nn.Parameter(torch.empty(self.max_seq_len, self.nheads, self.qk_dim, **factory))
-            inner.k_matrix = nn.Parameter(torch.empty(self.max_seq_len, self.nheads, self.qk_dim, **factory))
-            nn.init.xavier_normal_(inner.q_matrix)
-            nn.init.xavier_normal_(inner.k_matrix)
+            self._init_learned_qk(inner, factory)
 
     def _qk(self, feats, length):
         if self.is_data_dependent:
@@ -560,7 +565,7 @@ class CauchyMixer(MatrixMixer):
 
 
 @register_mixer("low_rank")
-class LowRankMixer(MatrixMixer):
+class LowRankMixer(_QKFeatures, MatrixMixer):
     """Low-rank mixer, ``M = scale * Q K^T + I`` per head, scale ``1/sqrt(max_seq_len qk_dim)``,
     computed as ``Q (K^T v)`` in O(L).
 
@@ -571,15 +576,9 @@ class LowRankMixer(MatrixMixer):
     scale_uses_max_seq_len = True
     activate_features = True
 
-    def conv_features(self):
-        return {"q": self.d_state, "k": self.d_state}
-
     def init_params(self, inner, factory):
         if not self.is_data_dependent:
-            inner.q_matrix = nn.Parameter(torch.empty(self.max_seq_len, self.nheads, self.qk_dim, **factory))
-            inner.k_matrix = nn.Parameter(torch.empty(self.max_seq_len, self.nheads, self.qk_dim, **factory))
-            nn.init.xavier_normal_(inner.q_matrix)
-            nn.init.xavier_normal_(inner.k_matrix)
+            self._init_learned_qk(inner, factory)
 
     def _qk(self, feats, length):
         if self.is_data_dependent:
@@ -599,7 +598,7 @@ class LowRankMixer(MatrixMixer):
 
 
 @register_mixer("attention")
-class AttentionMixer(MatrixMixer):
+class AttentionMixer(_QKFeatures, MatrixMixer):
     """Softmax attention mixer, ``M = softmax(Q K^T / sqrt(qk_dim)) + I`` per head,
     through ``F.scaled_dot_product_attention`` (no L x L tensor on fused backends).
 
@@ -610,15 +609,9 @@ class AttentionMixer(MatrixMixer):
     ``softmax(Q[:L] K[:L]^T / sqrt(qk_dim)) V``.
     """
 
-    def conv_features(self):
-        return {"q": self.d_state, "k": self.d_state}
-
     def init_params(self, inner, factory):
         if not self.is_data_dependent:
-            inner.q_matrix = nn.Parameter(torch.empty(self.max_seq_len, self.nheads, self.qk_dim, **factory))
-            inner.k_matrix = nn.Parameter(torch.empty(self.max_seq_len, self.nheads, self.qk_dim, **factory))
-            nn.init.xavier_normal_(inner.q_matrix)
-            nn.init.xavier_normal_(inner.k_matrix)
+            self._init_learned_qk(inner, factory)
 
     def _qk(self, feats, b, length):
         """(B, H, L, D) each."""
