@@ -14,7 +14,8 @@ from .registry import SequenceMixer, register_mixer
 @register_mixer("mha")
 class MultiHeadAttention(SequenceMixer):
     """Bidirectional multi-head attention with qkv/out projections and
-    ``F.scaled_dot_product_attention``.
+    ``F.scaled_dot_product_attention``. With an ``attention_mask``, padded
+    tokens are never read and the outputs at padded positions are zero.
 
     Args:
         d_model: model width.
@@ -42,15 +43,23 @@ class MultiHeadAttention(SequenceMixer):
     def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = check_sequence_input(u, self.d_model, attention_mask)
         q, k, v = self._qkv(u)
-        attn_mask = None if mask is None else mask[:, None, None, :]  # keys only
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask,
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=_key_mask(mask),
                                            dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(rearrange(y, "b h l d -> b l (h d)"))
+        out = self.out_proj(rearrange(y, "b h l d -> b l (h d)"))
+        return out if mask is None else out * mask[..., None].to(out.dtype)
 
     def materialize(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = check_sequence_input(u, self.d_model, attention_mask)
         q, k, _ = self._qkv(u)
         scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
         if mask is not None:
-            scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+            scores = scores.masked_fill(~_key_mask(mask), float("-inf"))
         return scores.softmax(-1)
+
+
+def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, L) valid tokens -> (B, 1, 1, L) keys each query may read. A row with no
+    valid token reads every key, so it stays finite (its outputs are zeroed)."""
+    if mask is None:
+        return None
+    return (mask | ~mask.any(1, keepdim=True))[:, None, None, :]
