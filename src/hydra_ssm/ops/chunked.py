@@ -128,8 +128,60 @@ def _decay_block(out: torch.Tensor, r, k, outside: torch.Tensor) -> torch.Tensor
     return out.masked_fill_(outside, float("-inf")).exp_()
 
 
-def _intra_matrix(M, work, sl, dirs, dir_tensors, outside, g):
-    """M = sum over directions of C_i . B_j dt_j exp(r_i - k_j) on each triangle (chunks ``sl``)."""
+# ---------------------------------------------------------------- both directions in one block
+# For Hydra (a strict lower and a strict upper direction) the two triangles are
+# disjoint, so the whole Q x Q block is one exponential:
+#     M[i, j] = CB[i, j] * exp(E[i, j]),   E[i, j] = r_i - k'_j,   k'_j = k_j - log dt_j
+# with (r, k', CB) of the forward direction below the diagonal and of the backward
+# direction above it. Folding dt into k' saves the separate dt pass.
+_TINY_DT = 1e-30
+
+
+def _is_bidirectional(dirs) -> bool:
+    return len(dirs) == 2 and dirs[0].lower and dirs[0].strict and not dirs[1].lower and dirs[1].strict
+
+
+def _log_dt_shift(dt, k):
+    """k' = k - log(dt): exp(r - k') = exp(r - k) * dt; dt below 1e-30 counts as 0."""
+    return k - torch.log(dt.clamp_min(_TINY_DT)).to(k.dtype).masked_fill(dt <= _TINY_DT, float("-inf"))
+
+
+def _shifted_pairs(dirs, dir_tensors):
+    """(r, k') of both directions for the bidirectional block, else None."""
+    if not _is_bidirectional(dirs):
+        return None
+    return tuple((t[3], _log_dt_shift(t[2], t[4])) for t in dir_tensors)
+
+
+def _exponent_block(E, work, lower, sl, fwd, bwd):
+    """E = r_i - k'_j of the forward direction below the diagonal, of the backward one above, -inf on it."""
+    for buf, (r, kp) in ((E, fwd), (work, bwd)):
+        if r.dtype == buf.dtype:
+            torch.sub(r[sl].unsqueeze(-1), kp[sl].unsqueeze(-2), out=buf)
+        else:  # float64 log-decays: differences taken before rounding
+            buf.copy_(r[sl].unsqueeze(-1) - kp[sl].unsqueeze(-2))
+    torch.where(lower, E, work, out=E)
+    E.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
+    return E
+
+
+def _combined_cb(sl, fwd_tensors, bwd_tensors, lower):
+    """(s, b, G, Q, Q): C_f . B_f below the diagonal, C_b . B_b above it."""
+    (Cf, Bf), (Cb, Bb) = fwd_tensors, bwd_tensors
+    return torch.where(lower, Cf[sl] @ Bf[sl].transpose(-1, -2), Cb[sl] @ Bb[sl].transpose(-1, -2))
+
+
+def _intra_matrix(M, work, sl, dirs, dir_tensors, outside, g, shifted=None):
+    """M = sum over directions of C_i . B_j dt_j exp(r_i - k_j) on each triangle (chunks ``sl``).
+
+    ``shifted``: for the bidirectional case, the (r, k') pairs of both directions.
+    """
+    if shifted is not None:
+        lower = outside[dirs[1]]  # the lower triangle and the diagonal (which is -inf in E)
+        _exponent_block(M, work, lower, sl, *shifted).exp_()
+        cb = _combined_cb(sl, dir_tensors[0][:2], dir_tensors[1][:2], lower)
+        _by_group(M, g).mul_(cb.unsqueeze(3))
+        return M
     for n, (d, (C, B, dt, r, k, _T, _init)) in enumerate(zip(dirs, dir_tensors)):
         Md = M if n == 0 else work
         _decay_block(Md, r[sl], k[sl], outside[d])
@@ -179,12 +231,13 @@ class _ChunkScan(torch.autograd.Function):
             entering.append(S)
 
         y = torch.empty_like(x)
+        shifted = _shifted_pairs(dirs, dir_tensors)
         M = work = None
         for sl in _slabs(c, b * h * q * q):
             shape = (sl.stop - sl.start, b, h, q, q)
             if M is None or M.shape != shape:
                 M, work = x.new_empty(shape), (x.new_empty(shape) if len(dirs) > 1 else None)
-            _intra_matrix(M, work, sl, dirs, dir_tensors, outside, g)
+            _intra_matrix(M, work, sl, dirs, dir_tensors, outside, g, shifted)
             _bmm_into(y[sl], M, x[sl], False)
             for (C, _B, _dt, r, _k, _T, _i), ent in zip(dir_tensors, entering):
                 _bmm_into(y[sl], _per_head(C[sl], torch.exp(r[sl]).to(x.dtype)), ent[sl], True)
@@ -212,6 +265,7 @@ class _ChunkScan(torch.autograd.Function):
 
         # ---- inside the chunks, slab by slab; both directions share dM = dy x^T and dx += M^T dy
         outside = {d: _triangle(q, d, x.device) for d in dirs}
+        shifted = _shifted_pairs(dirs, dir_tensors)
         bufs = None
         for sl in _slabs(c, b * h * q * q):
             shape = (sl.stop - sl.start, b, h, q, q)
@@ -220,6 +274,10 @@ class _ChunkScan(torch.autograd.Function):
             M, dM, K, KC = bufs
             xs, dys = x[sl], dy[sl]
             _bmm_into(dM, dys, xs.transpose(-1, -2), False)  # dM = dy x^T
+            if shifted is not None:
+                _bidirectional_block_backward(M, dM, K, KC, sl, dirs, dir_tensors, grads, shifted, outside, g)
+                _bmm_into(dx[sl], M.transpose(-1, -2), dys, True)  # dx += M^T dy
+                continue
             for n, (d, (C, B, dt, r, k, _T, _init), gr) in enumerate(zip(dirs, dir_tensors, grads)):
                 Cs, Bs, dts = C[sl], B[sl], dt[sl]
                 CB = (Cs @ Bs.transpose(-1, -2)).unsqueeze(3)  # (s, b, G, 1, Q, Q)
@@ -244,6 +302,32 @@ class _ChunkScan(torch.autograd.Function):
 
         flat_grads = [t for gr in grads for t in gr]
         return (None, None, from_chunks(dx, x_seq.shape[1]), *flat_grads)
+
+
+def _bidirectional_block_backward(M, dM, X, work, sl, dirs, dir_tensors, grads, shifted, outside, g):
+    """Gradients of the combined Hydra block M = CB * exp(E); leaves M in ``M`` for dx.
+
+    With G = dM * M: dr_i = sum_j G_ij and dk'_j = -sum_i G_ij over each direction's
+    triangle, d dt_j = -dk'_j / dt_j (from k' = k - log dt), dCB = sum over heads of dM * exp(E).
+    """
+    lower = outside[dirs[1]]
+    _exponent_block(X, work, lower, sl, *shifted).exp_()  # X = exp(E)
+    cb = _combined_cb(sl, dir_tensors[0][:2], dir_tensors[1][:2], lower).unsqueeze(3)
+    torch.mul(_by_group(X, g), cb, out=_by_group(M, g))
+    torch.mul(dM, X, out=work)
+    dcb = _by_group(work, g).sum(3)  # (s, b, G, Q, Q)
+    Gm = dM.mul_(M)  # dL/dE
+    below = Gm.tril(-1)  # the forward direction's part
+    rows, cols = Gm.sum(-1), Gm.sum(-2)
+    rows_f, cols_f = below.sum(-1), below.sum(-2)
+    parts = ((rows_f, cols_f, dcb.tril(-1)), (rows - rows_f, cols - cols_f, dcb.triu(1)))
+    for (C, B, dt, _r, _k, _T, _i), gr, (dr, col, dcb_d) in zip(dir_tensors, grads, parts):
+        dts = dt[sl]
+        gr[3][sl] += dr
+        gr[4][sl] -= col
+        gr[2][sl] += torch.where(dts > _TINY_DT, col / dts.clamp_min(_TINY_DT), 0.0)
+        gr[0][sl] += dcb_d @ B[sl]
+        gr[1][sl] += dcb_d.transpose(-1, -2) @ C[sl]
 
 
 def _states_backward(d, tensors, dfinal, x, dy, dx, g, accumulate):
