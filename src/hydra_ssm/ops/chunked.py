@@ -30,7 +30,10 @@ Q x Q temporaries stay small, are reused, and memory stays O(L):
 1. chunk states S of every direction, slab by slab;
 2. the carries (a short loop over chunks, in place: S becomes the entering state);
 3. outputs, slab by slab: the diagonal blocks of both directions summed into
-   one matrix and applied with one matmul, plus C . (entering state).
+   one matrix and applied with one matmul, plus C . (entering state). For
+   Hydra the two strict triangles are disjoint, so the block is built as one
+   exponential with dt folded into the column decays (see
+   ``_exponent_block``).
 
 The callers (``semiseparable.py``, ``quasiseparable.py``) prepare r, k, T with
 :func:`log_decays`, under ordinary autograd.
