@@ -1,5 +1,6 @@
 import os
 
+import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
@@ -8,3 +9,12 @@ settings.register_profile("ci", deadline=None, max_examples=25, suppress_health_
                           derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "default")
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors, many ops: on a shared machine intra-op threads cost more than they give."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

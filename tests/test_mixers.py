@@ -18,13 +18,7 @@ from hydra_ssm.ops.reference import semiseparable_loop
 D_MODEL, QK, HEADDIM, LMAX = 16, 3, 8, 12  # 4 heads
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors, many ops: on a shared machine intra-op threads cost more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # (type, is_data_dependent) pairs that exist, with the reference layer's extra keys and shapes

@@ -13,13 +13,7 @@ shapes = dict(b=st.integers(1, 2), L=st.sampled_from([1, 2, 5, 7, 13, 31]), h=st
               p=st.integers(1, 4), d=st.integers(1, 3), seed=st.integers(0, 1000))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors, many ops: on a shared machine intra-op threads cost more than they give."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def rand(*shape, seed=0):
