@@ -1,6 +1,7 @@
 """The chunked scan core shared by the causal SSD and Hydra, with a hand-written backward.
 
-One call handles one or two *directions* over the same chunked input x:
+One call handles one *direction*, or Hydra's pair of strict directions, over the same
+chunked input x:
 
 * a lower (left-to-right) direction: outputs at position i read inputs j < i
   (strict) or j <= i (inclusive), states carried from the first chunk to the last;
@@ -122,13 +123,16 @@ def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: b
         torch.bmm(a, b, out=o)
 
 
+def _outer_difference(out: torch.Tensor, r, k) -> torch.Tensor:
+    """out[..., i, j] = r_i - k_j."""
+    if r.dtype == out.dtype:
+        return torch.sub(r.unsqueeze(-1), k.unsqueeze(-2), out=out)
+    return out.copy_(r.unsqueeze(-1) - k.unsqueeze(-2))  # float64 log-decays: differences taken before rounding
+
+
 def _decay_block(out: torch.Tensor, r, k, outside: torch.Tensor) -> torch.Tensor:
     """out = exp(r_i - k_j) inside the triangle, 0 outside: (s, b, H, Q, Q)."""
-    if r.dtype == out.dtype:
-        torch.sub(r.unsqueeze(-1), k.unsqueeze(-2), out=out)
-    else:  # float64 log-decays: differences taken before rounding
-        out.copy_(r.unsqueeze(-1) - k.unsqueeze(-2))
-    return out.masked_fill_(outside, float("-inf")).exp_()
+    return _outer_difference(out, r, k).masked_fill_(outside, float("-inf")).exp_()
 
 
 # ---------------------------------------------------------------- both directions in one block
@@ -159,10 +163,7 @@ def _shifted_pairs(dirs, dir_tensors):
 def _exponent_block(E, work, lower, sl, fwd, bwd):
     """E = r_i - k'_j of the forward direction below the diagonal, of the backward one above, -inf on it."""
     for buf, (r, kp) in ((E, fwd), (work, bwd)):
-        if r.dtype == buf.dtype:
-            torch.sub(r[sl].unsqueeze(-1), kp[sl].unsqueeze(-2), out=buf)
-        else:  # float64 log-decays: differences taken before rounding
-            buf.copy_(r[sl].unsqueeze(-1) - kp[sl].unsqueeze(-2))
+        _outer_difference(buf, r[sl], kp[sl])
     torch.where(lower, E, work, out=E)
     E.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
     return E
@@ -175,7 +176,7 @@ def _combined_cb(sl, fwd_tensors, bwd_tensors, lower):
 
 
 def _intra_matrix(M, work, sl, dirs, dir_tensors, outside, g, shifted=None):
-    """M = sum over directions of C_i . B_j dt_j exp(r_i - k_j) on each triangle (chunks ``sl``).
+    """M = C_i . B_j dt_j exp(r_i - k_j) on the triangle(s) of ``dirs`` (chunks ``sl``).
 
     ``shifted``: for the bidirectional case, the (r, k') pairs of both directions.
     """
@@ -185,13 +186,10 @@ def _intra_matrix(M, work, sl, dirs, dir_tensors, outside, g, shifted=None):
         cb = _combined_cb(sl, dir_tensors[0][:2], dir_tensors[1][:2], lower)
         _by_group(M, g).mul_(cb.unsqueeze(3))
         return M
-    for n, (d, (C, B, dt, r, k, _T, _init)) in enumerate(zip(dirs, dir_tensors)):
-        Md = M if n == 0 else work
-        _decay_block(Md, r[sl], k[sl], outside[d])
-        Md.mul_(dt[sl].unsqueeze(-2))
-        _by_group(Md, g).mul_((C[sl] @ B[sl].transpose(-1, -2)).unsqueeze(3))
-        if n:
-            M.add_(work)
+    (d,), ((C, B, dt, r, k, _T, _init),) = dirs, dir_tensors
+    _decay_block(M, r[sl], k[sl], outside[d])
+    M.mul_(dt[sl].unsqueeze(-2))
+    _by_group(M, g).mul_((C[sl] @ B[sl].transpose(-1, -2)).unsqueeze(3))
     return M
 
 
@@ -239,7 +237,7 @@ class _ChunkScan(torch.autograd.Function):
         for sl in _slabs(c, b * h * q * q):
             shape = (sl.stop - sl.start, b, h, q, q)
             if M is None or M.shape != shape:
-                M, work = x.new_empty(shape), (x.new_empty(shape) if len(dirs) > 1 else None)
+                M, work = x.new_empty(shape), (x.new_empty(shape) if shifted is not None else None)
             _intra_matrix(M, work, sl, dirs, dir_tensors, outside, g, shifted)
             _bmm_into(y[sl], M, x[sl], False)
             for (C, _B, _dt, r, _k, _T, _i), ent in zip(dir_tensors, entering):
@@ -281,26 +279,24 @@ class _ChunkScan(torch.autograd.Function):
                 _bidirectional_block_backward(M, dM, K, KC, sl, dirs, dir_tensors, grads, shifted, outside, g)
                 _bmm_into(dx[sl], M.transpose(-1, -2), dys, True)  # dx += M^T dy
                 continue
-            for n, (d, (C, B, dt, r, k, _T, _init), gr) in enumerate(zip(dirs, dir_tensors, grads)):
-                Cs, Bs, dts = C[sl], B[sl], dt[sl]
-                CB = (Cs @ Bs.transpose(-1, -2)).unsqueeze(3)  # (s, b, G, 1, Q, Q)
-                decay = _decay_block(K, r[sl], k[sl], outside[d])
-                # the value matrix, for dx
-                Md = M if n == 0 else KC
-                torch.mul(decay, dts.unsqueeze(-2), out=Md)
-                _by_group(Md, g).mul_(CB)
-                if n:
-                    M.add_(KC)
-                # K = dM * decay, KC = K * CB
-                K.mul_(dM)
-                torch.mul(_by_group(K, g), CB, out=_by_group(KC, g))
-                col = KC.sum(-2)  # sum_i KC[i, j]
-                gr[2][sl] += col  # d dt_j (direct)
-                gr[3][sl] += (KC @ dts.unsqueeze(-1)).squeeze(-1)  # d r_i = sum_j KC_ij dt_j
-                gr[4][sl] -= col * dts  # d k_j
-                dCB = _by_group(K.mul_(dts.unsqueeze(-2)), g).sum(3)  # (s, b, G, Q, Q)
-                gr[0][sl] += dCB @ Bs
-                gr[1][sl] += dCB.transpose(-1, -2) @ Cs
+            # one direction (the causal SSD)
+            (d,), ((C, B, dt, r, k, _T, _init),), (gr,) = dirs, dir_tensors, grads
+            Cs, Bs, dts = C[sl], B[sl], dt[sl]
+            CB = (Cs @ Bs.transpose(-1, -2)).unsqueeze(3)  # (s, b, G, 1, Q, Q)
+            decay = _decay_block(K, r[sl], k[sl], outside[d])
+            # the value matrix, for dx
+            torch.mul(decay, dts.unsqueeze(-2), out=M)
+            _by_group(M, g).mul_(CB)
+            # K = dM * decay, KC = K * CB
+            K.mul_(dM)
+            torch.mul(_by_group(K, g), CB, out=_by_group(KC, g))
+            col = KC.sum(-2)  # sum_i KC[i, j]
+            gr[2][sl] += col  # d dt_j (direct)
+            gr[3][sl] += (KC @ dts.unsqueeze(-1)).squeeze(-1)  # d r_i = sum_j KC_ij dt_j
+            gr[4][sl] -= col * dts  # d k_j
+            dCB = _by_group(K.mul_(dts.unsqueeze(-2)), g).sum(3)  # (s, b, G, Q, Q)
+            gr[0][sl] += dCB @ Bs
+            gr[1][sl] += dCB.transpose(-1, -2) @ Cs
             _bmm_into(dx[sl], M.transpose(-1, -2), dys, True)  # dx += M^T dy
 
         flat_grads = [t for gr in grads for t in gr]
@@ -389,6 +385,8 @@ def chunk_scan(dirs, x, chunk_size, dir_tensors):
     chunk-major layout. Returns (y (b, L, H, P), [final state per direction])
     with states in (b, H, N, P).
     """
+    if len(dirs) != 1 and not _is_bidirectional(dirs):
+        raise ValueError(f"chunk_scan runs one direction or a strict (lower, upper) pair, got {dirs}")
     flat = [t for tensors in dir_tensors for t in tensors]
     y, *finals = _ChunkScan.apply(tuple(dirs), chunk_size, x, *flat)
     return y, finals
