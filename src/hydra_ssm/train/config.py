@@ -157,6 +157,23 @@ class TrainConfig:
         for name in ("train_file", "validation_file", "init_from", "tokenizer_from"):
             for p in _split_paths(getattr(self, name)):
                 need(os.path.exists(p), f"--{name.replace('_', '-')}: no such file or directory: {p}")
+        need(self.output_dir.strip() != "", "--output-dir must name a directory, got ''")
+        tasks = set(self.tasks or [self.task])
+        for t in sorted(tasks & {"mlm", "classify"}):  # [CLS] text [SEP] (and [SEP] pair [SEP])
+            least = 5 if t == "classify" and self.text_pair_column else 3
+            need(self.seq_len >= least, f"--seq-len {self.seq_len} is too short for --task {t}: it needs room for "
+                                        f"[CLS], [SEP] and at least one token per text (>= {least})")
+        if tasks & {"classify", "image"}:  # tables and arrays are read from one file each
+            for name in ("train_file", "validation_file"):
+                for p in _split_paths(getattr(self, name)):
+                    need(not os.path.isdir(p), f"--{name.replace('_', '-')}: {p} is a directory; --task "
+                                               f"{'/'.join(sorted(tasks & {'classify', 'image'}))} reads one file")
+        for name, inside in (("tokenizer_from", "tokenizer.json"), ("init_from", "config.json")):
+            p = getattr(self, name)
+            flag = f"--{name.replace('_', '-')}"
+            if p:
+                need(os.path.isdir(p), f"{flag}: {p} is not a directory (expected one holding {inside})")
+                need(os.path.isfile(os.path.join(p, inside)), f"{flag}: {p} has no {inside}")
         return self
 
 

@@ -2,7 +2,7 @@
 
 Why no Trainer/accelerate: the loop is ~300 lines, and owning it makes the two
 guarantees we test easy to keep: the batch of step ``s`` is a function of
-(seed, s) only (see data.batch_indices), and a checkpoint holds everything else
+(seed, s) only (see data.batch_indices), and a checkpoint (checkpoints.py) holds everything else
 that changes (weights, AdamW and scheduler state, python/numpy/torch RNG states,
 step and data position), so a resumed run repeats an unbroken one exactly; and
 the loss is normalised by the *global* number of targets, so N processes under
@@ -15,7 +15,6 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -25,8 +24,10 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from .checkpoints import (atomic_json, atomic_write, load_checkpoint, make_output_dir, new_run_id, resume_point, run_config,
+                          save_checkpoint, save_model_dir)
 from .config import TrainConfig, UsageError
-from .data import TaskData, batch_indices, make_batch, save_tokenizer, step_generator, write_json
+from .data import TaskData, batch_indices, make_batch, step_generator
 
 EVAL_SEED = 2024
 POSITION_AWARE = {"hydra", "quasiseparable", "semiseparable", "toeplitz", "vandermonde", "cauchy"}
@@ -200,91 +201,6 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-# ---------------------------------------------------------------------------------------------- checkpoints
-def rng_state() -> dict:
-    st = np.random.get_state()
-    return {"python": random.getstate(), "numpy": [st[0], torch.from_numpy(st[1].astype(np.int64)), int(st[2]), int(st[3]), float(st[4])],
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def set_rng_state(s: dict) -> None:
-    random.setstate(s["python"])
-    n = s["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
-def _atomic_torch_save(obj, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def save_checkpoint(run_dir: str, step: int, model, opt, sched, state: dict, task: TaskData, d: Dist, keep: int):
-    """checkpoints/step-N written in a temporary directory, renamed, then ``latest`` switched with os.replace."""
-    ck = os.path.join(run_dir, "checkpoints")
-    name = f"step-{step:07d}"
-    tmp = os.path.join(ck, name + ".tmp")
-    if d.main:
-        shutil.rmtree(tmp, ignore_errors=True)
-        os.makedirs(tmp)
-    d.barrier()
-    _atomic_torch_save(rng_state(), os.path.join(tmp, f"rng-rank{d.rank}.pt"))
-    d.barrier()
-    if d.main:
-        raw = model.module if hasattr(model, "module") else model
-        raw.save_pretrained(tmp, safe_serialization=True)
-        _atomic_torch_save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, os.path.join(tmp, "optimizer.pt"))
-        if task.tokenizer is not None:
-            save_tokenizer(task.tokenizer, tmp)
-        write_json(os.path.join(tmp, "trainer_state.json"), {**state, "step": step, "world_size": d.world})
-        final = os.path.join(ck, name)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        latest = os.path.join(ck, "latest")
-        with open(latest + ".tmp", "w") as fh:
-            fh.write(name)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(latest + ".tmp", latest)
-        old = sorted(n for n in os.listdir(ck) if n.startswith("step-") and not n.endswith(".tmp"))
-        for n in old[:-keep]:
-            shutil.rmtree(os.path.join(ck, n), ignore_errors=True)
-    d.barrier()
-
-
-def latest_checkpoint(run_dir: str) -> str | None:
-    latest = os.path.join(run_dir, "checkpoints", "latest")
-    if not os.path.isfile(latest):
-        return None
-    with open(latest) as fh:
-        path = os.path.join(run_dir, "checkpoints", fh.read().strip())
-    return path if os.path.isdir(path) else None
-
-
-def load_checkpoint(path: str, model, opt, sched, d: Dist) -> dict:
-    from safetensors.torch import load_file
-
-    raw = model.module if hasattr(model, "module") else model
-    weights = load_file(os.path.join(path, "model.safetensors"), device=str(d.device))
-    missing, unexpected = raw.load_state_dict(weights, strict=False)
-    missing = [k for k in missing if k not in set(getattr(raw, "_tied_weights_keys", None) or []) and "decoder.weight" not in k]
-    if missing or unexpected:
-        raise UsageError(f"checkpoint {path} does not fit the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    osd = torch.load(os.path.join(path, "optimizer.pt"), map_location=d.device, weights_only=True)
-    opt.load_state_dict(osd["optimizer"])
-    sched.load_state_dict(osd["scheduler"])
-    with open(os.path.join(path, "trainer_state.json")) as fh:
-        state = json.load(fh)
-    rng_path = os.path.join(path, f"rng-rank{d.rank}.pt")
-    if os.path.isfile(rng_path):
-        set_rng_state(torch.load(rng_path, weights_only=True))
-    return state
-
-
 # ---------------------------------------------------------------------------------------------- one run
 def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dist, intermediate_size: int,
               label: str = "") -> dict:
@@ -294,8 +210,10 @@ def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dis
         hf_logging.disable_progress_bar()
     except ImportError:  # pragma: no cover
         pass
-    if d.main:
-        os.makedirs(run_dir, exist_ok=True)
+    config = run_config(cfg, mixer, intermediate_size)
+    # before anything is written: refuse another run's checkpoints, pick (and check) the one to resume from
+    ck = resume_point(run_dir, cfg, config, d.world, quiet=not d.main)
+    make_output_dir(run_dir)
     d.barrier()
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, task, mixer, intermediate_size).to(d.device)
@@ -309,11 +227,12 @@ def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dis
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    state = {"step": 0, "wall_s": 0.0, "train_time_s": 0.0, "tokens": 0}
+    state = {"step": 0, "wall_s": 0.0, "train_time_s": 0.0, "tokens": 0, "run_id": new_run_id()}
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
-    ck = latest_checkpoint(run_dir) if cfg.resume else None
     if ck:
         state = load_checkpoint(ck, model, opt, sched, d)
+        state.setdefault("run_id", new_run_id())
+    d.barrier()  # every process has read the checkpoint before process 0 writes anything
     if d.main:  # the log holds exactly the steps up to the checkpoint (or nothing)
         lines = []
         if ck and os.path.isfile(metrics_path):
@@ -325,11 +244,8 @@ def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dis
                         break  # a line cut by the kill
                     if rec.get("step", 0) <= state["step"]:
                         lines.append(line if line.endswith("\n") else line + "\n")
-        with open(metrics_path + ".tmp", "w") as fh:
-            fh.writelines(lines)
-        os.replace(metrics_path + ".tmp", metrics_path)
-        write_json(os.path.join(run_dir, "train_config.json"), {**cfg.to_dict(), "mixers": [mixer],
-                                                                "intermediate_size": intermediate_size})
+        atomic_write(metrics_path, lambda fh: fh.writelines(lines))
+        atomic_json(os.path.join(run_dir, "train_config.json"), config)
     ddp = model
     if d.world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -388,7 +304,7 @@ def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dis
                 log.flush()
         if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0) or done:
             state["wall_s"] = wall0 + time.perf_counter() - t_start
-            save_checkpoint(run_dir, step + 1, ddp, opt, sched, state, task, d, cfg.keep_checkpoints)
+            save_checkpoint(run_dir, step + 1, ddp, opt, sched, state, task, d, cfg.keep_checkpoints, config)
         if cfg.debug_step_delay:
             time.sleep(cfg.debug_step_delay)
     if bar:
@@ -403,12 +319,7 @@ def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dis
               "tokens_per_s": state["tokens"] / max(state["train_time_s"], 1e-9), "wall_s": state["wall_s"],
               "run_dir": run_dir}
     if d.main:
-        final = os.path.join(run_dir, "model")
-        model.save_pretrained(final, safe_serialization=True)
-        if task.tokenizer is not None:
-            save_tokenizer(task.tokenizer, final)
-        write_json(os.path.join(final, "train_config.json"), {**cfg.to_dict(), "mixers": [mixer],
-                                                              "intermediate_size": intermediate_size})
-        write_json(os.path.join(run_dir, "result.json"), result)
+        save_model_dir(os.path.join(run_dir, "model"), model, task, config)
+        atomic_json(os.path.join(run_dir, "result.json"), result)
     d.barrier()
     return result

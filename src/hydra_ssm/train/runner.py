@@ -7,6 +7,7 @@ import os
 import sys
 import time
 
+from .checkpoints import load_model_dir, make_output_dir, resume_point, run_config
 from .config import TrainConfig, UsageError
 from .data import classify_data, image_data, load_tokenizer, mlm_data, save_tokenizer, write_json
 from .loop import Dist, count_params, matched_intermediate, model_config, train_run
@@ -68,8 +69,7 @@ def _run(cfg: TrainConfig) -> list[dict]:
     d = Dist(cfg)
     tasks = cfg.tasks or [cfg.task]
     out = cfg.output_dir
-    if d.main:
-        os.makedirs(out, exist_ok=True)
+    make_output_dir(out)
     t0 = time.perf_counter()
     # everything that can fail on bad input happens here, before any training
     from .data import TaskData
@@ -100,6 +100,9 @@ def _run(cfg: TrainConfig) -> list[dict]:
                 widths[m] = matched_intermediate(cfg, td, m, target)
                 model_config(cfg, td, m, widths[m])
         plan += [(task, m, widths[m]) for m in mixers]
+    for task, mixer, width in plan:  # another run's checkpoints, or a resume with changed options: stop now
+        resume_point(os.path.join(out, task_label(cfg, task), mixer), cfg, run_config(cfg, mixer, width), d.world,
+                     quiet=True)
     if d.main:
         print(f"[hydra-ssm] data ready in {time.perf_counter() - t0:.1f}s; "
               + "; ".join(f"{task_label(cfg, t)}: {_describe(data[t])}" for t in tasks), file=sys.stderr, flush=True)
@@ -198,9 +201,6 @@ def plot_curves(results: list[dict], path: str) -> str:
 
 def evaluate_model(model_dir: str, overrides: dict) -> dict:
     """Evaluate a saved model (run_dir/model or a checkpoint) on its task's validation data."""
-    from transformers import AutoConfig
-
-    from .. import models
     from .config import build_config
     from .loop import evaluate
 
@@ -217,10 +217,8 @@ def evaluate_model(model_dir: str, overrides: dict) -> dict:
     saved.update(resume=False, init_from="", progress=False)
     cfg = build_config({}, saved)
     d = Dist(cfg)
+    model = load_model_dir(model_dir).to(d.device)
     tok = load_tokenizer(model_dir) if cfg.task in ("mlm", "classify") else None
     td = build_task(cfg, cfg.task, tok)
-    mc = AutoConfig.from_pretrained(model_dir)
-    cls = getattr(models, (mc.architectures or ["HydraForMaskedLM"])[0])
-    model = cls.from_pretrained(model_dir).to(d.device)
     metrics = evaluate(model, td, cfg, d)
-    return {"model": model_dir, "task": task_label(cfg, cfg.task), "mixer": mc.matrix_mixer_type, **metrics}
+    return {"model": model_dir, "task": task_label(cfg, cfg.task), "mixer": model.config.matrix_mixer_type, **metrics}
