@@ -78,6 +78,10 @@ def _run(cfg: TrainConfig) -> list[dict]:
             probe = TaskData("mlm", {}, {}, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
             for m in cfg.mixers:
                 model_config(cfg, probe, m, cfg.intermediate_size)
+    for task in tasks:  # before the data (and a tokenizer) are written: another run's checkpoints, a bad resume
+        for m in ([] if cfg.init_from else cfg.mixers):  # (the MLP widths are compared once the data are known)
+            early = {k: v for k, v in run_config(cfg, m, 0).items() if k != "intermediate_size"}
+            resume_point(os.path.join(out, task_label(cfg, task), m), cfg, early, d.world, quiet=True)
     data = {}
     for task in tasks:
         if d.main:
