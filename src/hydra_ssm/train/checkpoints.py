@@ -39,6 +39,7 @@ from .config import UsageError
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 STEP_DIR = re.compile(r"^step-(\d+)$")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 REQUIRED = ("config.json", "model.safetensors", "optimizer.pt", "trainer_state.json", "train_config.json")
 # options that may differ when a run is resumed: they do not change the training trajectory (bookkeeping, output,
 # evaluation, speed); --steps may grow (the run is extended) and is checked on its own
@@ -149,10 +150,9 @@ def read_manifest(directory: str) -> tuple[dict | None, str | None]:
     return man, None
 
 
-def verify_dir(directory: str, required=()) -> tuple[dict | None, str | None]:
-    """Check every file of the manifest (presence, size, sha256) and the presence of ``required`` in it.
-
-    Returns (manifest, None) when the directory is complete, else (None, the first problem found).
+def verify_dir(directory: str, required=(), only=None) -> tuple[dict | None, str | None]:
+    """Check every file of the manifest (or those of ``only``: presence, size, sha256) and that ``required``
+    are in it. Returns (manifest, None) when the directory is complete, else (None, the first problem found).
     """
     man, problem = read_manifest(directory)
     if problem:
@@ -162,6 +162,8 @@ def verify_dir(directory: str, required=()) -> tuple[dict | None, str | None]:
         if name not in files:
             return None, f"{name} is not in its manifest"
     for name, entry in sorted(files.items()):
+        if only is not None and name not in only:
+            continue
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
             return None, f"{name} is missing"
@@ -429,8 +431,9 @@ def load_model_dir(model_dir: str, flag: str = "--model"):
     cfg_path = os.path.join(model_dir, "config.json")
     if not os.path.isdir(model_dir) or not os.path.isfile(cfg_path):
         raise UsageError(f"{flag}: {model_dir} is not a model directory (no config.json)")
-    if os.path.isfile(os.path.join(model_dir, MANIFEST)):
-        _, problem = verify_dir(model_dir, ("config.json", "model.safetensors"))
+    if os.path.isfile(os.path.join(model_dir, MANIFEST)):  # the files a model is read from (not a checkpoint's rest)
+        needed = ("config.json", "model.safetensors")
+        _, problem = verify_dir(model_dir, needed, only=needed + TOKENIZER_FILES)
         if problem:
             raise UsageError(f"{flag}: {model_dir} is damaged: {problem}")
     try:
