@@ -1,4 +1,4 @@
-"""Exact resume after SIGKILL, and 2 processes (DDP on gloo) following the single-process curve."""
+"""Exact resume after SIGKILL, and 2 processes (DDP on gloo) following the single-process curve and resuming."""
 
 import json
 import os
@@ -81,7 +81,7 @@ def test_resume_after_sigkill_matches_unbroken_run(corpus, tmp_path):
     assert losses(out / "mlm" / "hydra")[0] == got_train
 
 
-def test_two_processes_follow_single_process_curve(corpus, tmp_path):
+def test_two_processes_follow_single_process_curve(corpus, tmp_path, capsys):
     single = tmp_path / "single"
     fast = ["--lr", "5e-3", "--warmup-steps", "1"]
     assert main(args(corpus, single, 6, fast)) == 0
@@ -96,3 +96,16 @@ def test_two_processes_follow_single_process_curve(corpus, tmp_path):
         assert s1 == s2 and abs(a - b) <= 1e-4 * max(1.0, abs(a)), (s1, a, b)
     # the curve moved: the comparison is not between two constant sequences
     assert abs(a_train[0][1] - a_train[-1][1]) > 0.05
+    # the checkpoint records both processes' RNG files, and only 2 processes may resume it
+    ck = multi / "mlm" / "hydra" / "checkpoints" / "step-0000006"
+    files = json.loads((ck / "manifest.json").read_text())["files"]
+    assert {"rng-rank0.pt", "rng-rank1.pt"} <= set(files)
+    capsys.readouterr()
+    assert main(args(corpus, multi, 6, [*fast, "--resume"])) == 2
+    assert "2 process(es) wrote it, this run has 1" in capsys.readouterr().err
+    # extended by 2 processes: each restores its own RNG file; the first 6 steps stay as they were
+    r = subprocess.run([*cmd[:-len(args(corpus, multi, 6, fast))], *args(corpus, multi, 8, [*fast, "--resume"])],
+                       env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    c_train, _ = losses(multi / "mlm" / "hydra")
+    assert [s for s, _ in c_train] == list(range(1, 9)) and c_train[:6] == b_train
