@@ -113,6 +113,21 @@ def atomic_json(path: str, obj) -> None:
     atomic_write(path, lambda fh: json.dump(obj, fh, indent=2, default=str))
 
 
+# sha256 of files already checked in this process, by path and stat: a resume checks the same checkpoint
+# before the data are read, once the run plan is known, and when it loads it
+_CHECKED: dict = {}
+
+
+def _sha256(path: str) -> str:
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _CHECKED:
+        if len(_CHECKED) > 4096:
+            _CHECKED.clear()
+        _CHECKED[key] = _file_entry(path)["sha256"]
+    return _CHECKED[key]
+
+
 def _file_entry(path: str) -> dict:
     """Size and sha256 of a file, fsynced on the way (the writers above it may not have)."""
     h = hashlib.sha256()
@@ -170,7 +185,7 @@ def verify_dir(directory: str, required=(), only=None) -> tuple[dict | None, str
         size = os.path.getsize(path)
         if size != entry.get("size"):
             return None, f"{name} has {size} bytes, its manifest says {entry.get('size')} (truncated or overwritten)"
-        if _file_entry(path)["sha256"] != entry.get("sha256"):
+        if _sha256(path) != entry.get("sha256"):
             return None, f"{name} does not match its sha256 checksum (corrupted)"
     return man, None
 

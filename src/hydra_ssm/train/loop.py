@@ -24,8 +24,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from .checkpoints import (atomic_json, atomic_write, load_checkpoint, make_output_dir, new_run_id, resume_point, run_config,
-                          save_checkpoint, save_model_dir)
+from .checkpoints import (atomic_json, atomic_write, load_checkpoint, make_output_dir, new_run_id, resume_point,
+                          run_config, save_checkpoint, save_model_dir)
 from .config import TrainConfig, UsageError
 from .data import TaskData, batch_indices, make_batch, step_generator
 
