@@ -179,6 +179,8 @@ def verify_dir(directory: str, required=(), only=None) -> tuple[dict | None, str
     for name, entry in sorted(files.items()):
         if only is not None and name not in only:
             continue
+        if not isinstance(entry, dict):
+            return None, f"manifest.json has no size and checksum for {name}"
         path = os.path.join(directory, name)
         if not os.path.isfile(path):
             return None, f"{name} is missing"
