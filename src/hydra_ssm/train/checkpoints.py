@@ -398,8 +398,10 @@ def prune(run_dir: str, run_id: str, step: int, keep: int) -> None:
         man, _ = read_manifest(path)
         if s <= step and man is not None and man.get("run_id") == run_id:
             ours.append(path)
-    for path in ours[keep:]:
-        shutil.rmtree(path, ignore_errors=True)
+    for path in ours[keep:]:  # renamed first, so a kill during the removal leaves no half checkpoint
+        shutil.rmtree(path + ".deleting", ignore_errors=True)  # such a leftover of an earlier prune
+        os.replace(path, path + ".deleting")
+        shutil.rmtree(path + ".deleting", ignore_errors=True)
 
 
 def save_model_dir(directory: str, model, task, config: dict) -> None:
