@@ -203,6 +203,8 @@ def encode_texts(tok, a: list[str], b: list[str] | None = None) -> list[torch.Te
     """Texts (or pairs) as pipelines encode them: ``tok(a, b, truncation=True)`` with ``tok`` from
     `transformers_tokenizer`. Truncation keeps the first model_max_length - 2 tokens (pairs: - 3, the longer
     text shortened first) and always the closing [SEP]. Returns one 1-D id tensor per example."""
+    if not len(a):
+        return []
     enc = tok(list(a), list(b) if b is not None else None, truncation=True)
     return [torch.tensor(ids, dtype=torch.long) for ids in enc["input_ids"]]
 
@@ -374,14 +376,20 @@ def _check_ids(ds, what: str, num_labels: int, col: str) -> None:
                          f"(num_labels={num_labels})")
 
 
-def classify_data(cfg: TrainConfig, tokenizer=None) -> TaskData:
-    """Labelled texts: tables read with `datasets`, labels made a ``ClassLabel`` (text labels numbered in
-    sorted order with ``class_encode_column``; integer labels named "0", "1", ...), a seeded
-    ``train_test_split`` when there is no --validation-file, texts encoded by the saved tokenizer."""
-    if not cfg.train_file:
+def classify_data(cfg: TrainConfig, tokenizer=None, label_names: list[str] | None = None) -> TaskData:
+    """Labelled texts: tables read with `datasets`, labels cast to a ``ClassLabel`` (text labels numbered in
+    sorted order, as ``class_encode_column`` does; integer labels named "0", "1", ...), a seeded
+    ``train_test_split`` when there is no --validation-file, texts encoded by the tokenizer that is saved.
+
+    ``label_names`` (a saved model's id2label) fixes the classes; with a --validation-file the training
+    file is then not read at all (evaluation).
+    """
+    if not cfg.train_file and not (label_names and cfg.validation_file):
         raise UsageError("task 'classify' needs --train-file (CSV, TSV, JSON lines, Parquet, or label<TAB>text .txt)")
     datasets = _datasets()
-    tables = {"--train-file": read_table(cfg.train_file, "--train-file", cfg)}
+    tables = {}
+    if not (label_names and cfg.validation_file):
+        tables["--train-file"] = read_table(cfg.train_file, "--train-file", cfg)
     if cfg.validation_file:
         tables["--validation-file"] = read_table(cfg.validation_file, "--validation-file", cfg)
     for what, ds in tables.items():
@@ -402,34 +410,35 @@ def classify_data(cfg: TrainConfig, tokenizer=None) -> TaskData:
     for what in tables:
         kinds[what], tables[what] = _label_kind(tables[what], what, cfg)
     if len(set(kinds.values())) > 1:
-        raise UsageError(f"the training labels are {'integers' if kinds['--train-file'] == 'ids' else 'names'} but "
-                         f"the validation labels are {'integers' if kinds['--validation-file'] == 'ids' else 'names'}")
-    train = tables["--train-file"]
-    if kinds["--train-file"] == "names":
-        train = train.class_encode_column(col)
-        names = train.features[col].names
+        word = {"ids": "integers", "names": "names"}
+        raise UsageError(f"the labels of --train-file are {word[kinds['--train-file']]} but those of "
+                         f"--validation-file are {word[kinds['--validation-file']]}")
+    kind = next(iter(kinds.values()))
+    first = next(iter(tables.values()))
+    if label_names:
+        names, source = list(label_names), "the model's labels (id2label)"
+    elif kind == "names":
+        names, source = sorted(set(first[col])), "the training data"
         if cfg.num_labels and cfg.num_labels != len(names):
             raise UsageError(f"--num-labels {cfg.num_labels} does not match the {len(names)} label names of "
                              f"--train-file ({', '.join(names[:5])}{', ...' if len(names) > 5 else ''})")
-        if "--validation-file" in tables:
-            unseen = sorted(set(tables["--validation-file"][col]) - set(names))
-            if unseen:
-                raise UsageError(f"--validation-file: labels not in the training data: {', '.join(map(repr, unseen[:5]))}")
-            tables["--validation-file"] = tables["--validation-file"].cast_column(col, train.features[col])
     else:
-        feature = train.features[col]
-        names = feature.names if isinstance(feature, datasets.ClassLabel) else None
-        num_labels = cfg.num_labels or (len(names) if names else max(train[col]) + 1)
-        for what in tables:
-            _check_ids(tables[what], what, num_labels, col)
-        if names is None or len(names) != num_labels:
-            names = [str(i) for i in range(num_labels)]
-        labels = datasets.ClassLabel(names=names)
-        train = train.cast_column(col, labels)
-        if "--validation-file" in tables:
-            tables["--validation-file"] = tables["--validation-file"].cast_column(col, labels)
+        feature = first.features[col]
+        named = feature.names if isinstance(feature, datasets.ClassLabel) else None
+        num_labels = cfg.num_labels or (len(named) if named else max(first[col]) + 1)
+        names, source = (named if named and len(named) == num_labels else [str(i) for i in range(num_labels)]), ""
+    labels = datasets.ClassLabel(names=names)
+    for what, ds in tables.items():
+        if kind == "names":
+            unseen = sorted(set(ds[col]) - set(names))
+            if unseen:
+                raise UsageError(f"{what}: labels not in {source}: {', '.join(map(repr, unseen[:5]))}")
+        else:
+            _check_ids(ds, what, len(names), col)
+        tables[what] = ds.cast_column(col, labels)
     if len(names) < 2:
         raise UsageError(f"classification needs at least 2 classes, the training labels have {len(names)}")
+    train = tables.get("--train-file")
     if "--validation-file" in tables:
         val = tables["--validation-file"]
     else:
@@ -440,18 +449,23 @@ def classify_data(cfg: TrainConfig, tokenizer=None) -> TaskData:
         train, val = parts["train"], parts["test"]
 
     def texts(ds):
+        if ds is None:
+            return [], None
         return list(ds[cfg.text_column]), (list(ds[cfg.text_pair_column]) if cfg.text_pair_column else None)
 
+    def targets(ds):
+        return torch.tensor(list(ds[col]) if ds is not None else [], dtype=torch.long)
+
     a_tr, b_tr = texts(train)
-    if not any(s.strip() for s in a_tr):
+    if train is not None and not any(s.strip() for s in a_tr):
         raise UsageError("--train-file: every text is empty")
     raw = getattr(tokenizer, "backend_tokenizer", tokenizer) or train_tokenizer(cfg.tokenizer, a_tr + (b_tr or []),
                                                                                 cfg.vocab_size)
     tok = transformers_tokenizer(raw, cfg.seq_len)
-    info = {"label_names": list(names), "train_examples": len(train), "val_examples": len(val),
+    info = {"label_names": list(names), "train_examples": len(a_tr), "val_examples": len(val),
             "validation": "--validation-file" if cfg.validation_file else f"{len(val)} held-out rows"}
-    return TaskData("seqcls", {"input_ids": encode_texts(tok, *texts(train)), "labels": torch.tensor(list(train[col]))},
-                    {"input_ids": encode_texts(tok, *texts(val)), "labels": torch.tensor(list(val[col]))},
+    return TaskData("seqcls", {"input_ids": encode_texts(tok, *texts(train)), "labels": targets(train)},
+                    {"input_ids": encode_texts(tok, *texts(val)), "labels": targets(val)},
                     vocab_size=raw.get_vocab_size(), num_labels=len(names), seq_len=cfg.seq_len, tokenizer=tok,
                     info=info)
 
