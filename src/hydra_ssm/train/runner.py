@@ -89,7 +89,12 @@ def _run(cfg: TrainConfig) -> list[dict]:
         mixers = cfg.mixers
         if cfg.init_from and td.kind == "seqcls":
             with open(os.path.join(cfg.init_from, "config.json")) as fh:
-                mixers = [json.load(fh).get("matrix_mixer_type", "hydra")]
+                start = json.load(fh)
+            mixers = [start.get("matrix_mixer_type", "hydra")]
+            longest = start.get("max_position_embeddings", cfg.seq_len)
+            if start.get("use_position_embeddings") and cfg.seq_len > longest:
+                raise UsageError(f"--seq-len {cfg.seq_len} is longer than the {longest} positions of the --init-from "
+                                 f"model ({cfg.init_from}); use --seq-len {longest} or less")
         widths = {}
         for m in mixers:
             model_config(cfg, td, m, cfg.intermediate_size)  # validates
