@@ -131,3 +131,23 @@ def test_bad_tables_are_one_line_errors(tmp_path, capsys):
         assert main([*base, *argv]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err[-1].startswith("hydra-ssm: error:") and words in err[-1], err
+
+
+def test_shipped_classify_config(tmp_path, monkeypatch, capsys):
+    """configs/classify.yaml as shipped: CSV files in data/, fine-tuning the default masked-LM run."""
+    import os
+
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                          "configs", "classify.yaml")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    write(tmp_path / "data" / "train.csv", examples(40, 0, names=True))
+    write(tmp_path / "data" / "validation.csv", examples(12, 1, names=True))
+    (tmp_path / "book.txt").write_text(" ".join(WORDS * 200))
+    assert main(["train", "--train-file", "book.txt", "--output-dir", "runs/default", *TINY]) == 0
+    assert main(["train", "--config", config, "--steps", "2", "--batch-size", "4", "--threads", "1",
+                 "--progress", "false", "--plot", "false"]) == 0
+    model = tmp_path / "runs" / "classify" / "classify" / "hydra" / "model"
+    assert json.loads((model / "config.json").read_text())["id2label"] == {"0": "bird", "1": "fish", "2": "tree"}
+    assert json.loads((model / "tokenizer_config.json").read_text())["model_max_length"] == 256
+    assert evaluate(capsys, model, "--validation-file", "data/validation.csv")["eval_targets"] == 12
