@@ -132,7 +132,7 @@ def build_model(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size:
         cls = model_class(task)
         try:
             return cls.from_pretrained(cfg.init_from, num_labels=task.num_labels, hidden_dropout_prob=cfg.dropout,
-                                       **label_maps(task))
+                                       pooling=cfg.pooling, **label_maps(task))
         except Exception as err:
             raise UsageError(f"--init-from {cfg.init_from}: cannot load a model: {str(err).splitlines()[0]}") from None
     return model_class(task)(model_config(cfg, task, mixer, intermediate_size))
