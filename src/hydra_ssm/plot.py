@@ -85,11 +85,10 @@ def model_matrices(model_dir: str, text: str = "", length: int = 64, seed: int =
     Each mixer's matrix is taken on the input that mixer receives in the forward pass."""
     import torch
     from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
 
     from . import models
     from .mixers import SequenceMixer
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     config = AutoConfig.from_pretrained(model_dir)

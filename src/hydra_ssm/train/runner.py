@@ -120,7 +120,8 @@ def _run(cfg: TrainConfig) -> list[dict]:
 
 def _describe(td) -> str:
     return f"{td.num_train()} train / {td.num_val()} val examples, seq len {td.seq_len}" + (
-        f", vocab {td.vocab_size}" if td.vocab_size else "")
+        f", vocab {td.vocab_size}" if td.vocab_size else "") + (
+        f" (validation: {td.info['validation']})" if td.info.get("validation") else "")
 
 
 def table(results: list[dict]) -> str:
