@@ -151,3 +151,24 @@ def test_shipped_classify_config(tmp_path, monkeypatch, capsys):
     assert json.loads((model / "config.json").read_text())["id2label"] == {"0": "bird", "1": "fish", "2": "tree"}
     assert json.loads((model / "tokenizer_config.json").read_text())["model_max_length"] == 256
     assert evaluate(capsys, model, "--validation-file", "data/validation.csv")["eval_targets"] == 12
+
+
+def test_sentence_pairs_encode_as_the_saved_tokenizer(tmp_path):
+    """--text-pair-column: [CLS] a [SEP] b [SEP], cut to --seq-len with the longer text shortened first."""
+    from transformers import AutoTokenizer
+
+    from hydra_ssm.train import data as D
+    from hydra_ssm.train.config import TrainConfig
+
+    rows = [{"premise": " ".join([r["text"]] * (5 if i % 3 == 0 else 1)), "hypothesis": "wing fin leaf", "label": r["label"]}
+            for i, r in enumerate(examples(12, 4, names=True))]
+    write(tmp_path / "pairs.jsonl", rows)
+    cfg = TrainConfig(task="classify", train_file=str(tmp_path / "pairs.jsonl"), text_column="premise",
+                      text_pair_column="hypothesis", vocab_size=300, seq_len=32)
+    task = D.classify_data(cfg)
+    D.save_tokenizer(task.tokenizer, str(tmp_path / "tok"))
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
+    ids = [t.tolist() for t in task.train["input_ids"] + task.val["input_ids"]]
+    assert max(map(len, ids)) == 32 and all(x[0] == D.CLS and x.count(D.SEP) == 2 and x[-1] == D.SEP for x in ids)
+    texts = {tuple(tok(r["premise"], r["hypothesis"], truncation=True)["input_ids"]) for r in rows}
+    assert set(map(tuple, ids)) <= texts
