@@ -160,8 +160,8 @@ def test_sentence_pairs_encode_as_the_saved_tokenizer(tmp_path):
     from hydra_ssm.train import data as D
     from hydra_ssm.train.config import TrainConfig
 
-    rows = [{"premise": " ".join([r["text"]] * (5 if i % 3 == 0 else 1)), "hypothesis": "wing fin leaf", "label": r["label"]}
-            for i, r in enumerate(examples(12, 4, names=True))]
+    rows = [{"premise": " ".join([r["text"]] * (5 if i % 3 == 0 else 1)), "hypothesis": "wing fin leaf",
+             "label": r["label"]} for i, r in enumerate(examples(12, 4, names=True))]
     write(tmp_path / "pairs.jsonl", rows)
     cfg = TrainConfig(task="classify", train_file=str(tmp_path / "pairs.jsonl"), text_column="premise",
                       text_pair_column="hypothesis", vocab_size=300, seq_len=32)
