@@ -43,7 +43,7 @@ class HydraImageProcessor(PilBackend):
         size (dict): ``{"height": H, "width": W}``, the model's ``image_size``.
         do_resize (bool), resample (PILImageResampling: NEAREST, BILINEAR or BICUBIC).
         do_rescale (bool), rescale_factor (float): raw pixel value -> ``value * rescale_factor``.
-        do_normalize (bool), image_mean, image_std (one float per channel).
+        do_normalize (bool), image_mean, image_std (one float, or one per channel).
 
     Inputs: PIL images, or arrays (H, W), (C, H, W) or (H, W, C) (numpy or torch), one or a list;
     a 4-D array (B, C, H, W) or (B, H, W, C) is a batch.
@@ -59,8 +59,8 @@ class HydraImageProcessor(PilBackend):
     do_rescale = True
     rescale_factor = 1 / 255
     do_normalize = True
-    image_mean = (0.5, 0.5, 0.5)
-    image_std = (0.5, 0.5, 0.5)
+    image_mean = 0.5  # one value for every channel, or one per channel
+    image_std = 0.5
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -71,8 +71,8 @@ class HydraImageProcessor(PilBackend):
         if num_channels not in (1, 3):
             raise ValueError(f"HydraImageProcessor: num_channels must be 1 or 3, got {num_channels!r}")
         for name, values in (("image_mean", image_mean), ("image_std", image_std)):
-            if values is not None and len(np.atleast_1d(values)) != num_channels:
-                raise ValueError(f"HydraImageProcessor: {name} needs one value per channel "
+            if values is not None and np.ndim(values) > 0 and len(values) != num_channels:
+                raise ValueError(f"HydraImageProcessor: {name} needs one value, or one per channel "
                                  f"(num_channels={num_channels}), got {values!r}")
         if image_std is not None and np.any(np.asarray(image_std, dtype=np.float64) <= 0):
             raise ValueError(f"HydraImageProcessor: image_std must be positive, got {image_std!r}")
