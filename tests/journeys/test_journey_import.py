@@ -102,3 +102,29 @@ def test_import_hydra_ssm_without_transformers_needs_only_torch_and_einops():
     assert out["shape"] == [1, 5, 16]
     assert not out["transformers_loaded"]
     assert out["hint"] is not None and "hydra-ssm[hf]" in out["hint"]
+
+
+WITHOUT_PILLOW = r"""
+import json, sys
+
+class NoPillow:
+    def find_spec(self, name, path=None, target=None):
+        if name == "PIL" or name.startswith("PIL."):
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NoPillow())
+import numpy as np
+import hydra_ssm
+from hydra_ssm.models import HydraImageProcessor
+proc = HydraImageProcessor(num_channels=1, size={"height": 4, "width": 4}, rescale_factor=0.5, image_mean=1.0, image_std=2.0)
+out = proc([np.full((4, 4), 6, np.uint8), np.full((8, 8), 6, np.uint8)], return_tensors="np")["pixel_values"]
+print(json.dumps({"shape": list(out.shape), "values": sorted({round(float(v), 6) for v in out.ravel()})}))
+"""
+
+
+def test_import_hydra_ssm_and_array_images_without_pillow():
+    """The hf extra has no Pillow: registration and the image processor on arrays must not need it."""
+    pytest.importorskip("transformers")
+    out = _python(WITHOUT_PILLOW)
+    assert out == {"shape": [2, 1, 4, 4], "values": [1.0]}  # (6 * 0.5 - 1) / 2

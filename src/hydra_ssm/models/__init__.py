@@ -23,6 +23,7 @@ from transformers import (
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
+from transformers.utils import is_vision_available
 
 from .configuration_hydra import HydraConfig, HydraVisionConfig
 from .image_processing_hydra import HydraImageProcessor
@@ -49,7 +50,9 @@ def _register() -> None:
         (AutoModelForImageClassification, HydraVisionConfig, HydraForImageClassification),
     ):
         auto.register(config_class, cls, exist_ok=True)
-    AutoImageProcessor.register(HydraVisionConfig, image_processor_classes={"pil": HydraImageProcessor}, exist_ok=True)
+    if is_vision_available():  # without Pillow, transformers' AutoImageProcessor is a placeholder that refuses use
+        AutoImageProcessor.register(HydraVisionConfig, image_processor_classes={"pil": HydraImageProcessor},
+                                    exist_ok=True)
 
 
 _register()

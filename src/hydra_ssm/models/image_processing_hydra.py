@@ -22,13 +22,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 from transformers.image_processing_backends import PilBackend
-from transformers.image_utils import ImageType, PILImageResampling, get_image_type
+from transformers.image_utils import ImageType, get_image_type
 from transformers.processing_utils import ImagesKwargs
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2, the weights of PIL's RGB -> "L" conversion
 
-_TORCH_MODES = {PILImageResampling.NEAREST: "nearest", PILImageResampling.BILINEAR: "bilinear",
-                PILImageResampling.BICUBIC: "bicubic"}
+# PIL's resampling codes (PILImageResampling.NEAREST, .BILINEAR, .BICUBIC compare equal to them), written
+# as numbers so that this module imports without Pillow (the pipeline's image loading needs it, arrays do not)
+NEAREST, BILINEAR, BICUBIC = 0, 2, 3
+_TORCH_MODES = {NEAREST: "nearest", BILINEAR: "bilinear", BICUBIC: "bicubic"}
 
 
 class HydraImageProcessorKwargs(ImagesKwargs, total=False):
@@ -55,7 +57,7 @@ class HydraImageProcessor(PilBackend):
     num_channels = 3
     do_resize = True
     size = {"height": 224, "width": 224}
-    resample = PILImageResampling.BILINEAR
+    resample = BILINEAR
     do_rescale = True
     rescale_factor = 1 / 255
     do_normalize = True
@@ -84,11 +86,14 @@ class HydraImageProcessor(PilBackend):
         self._check(num_channels, image_mean, image_std, resample)
 
     def _prepare_images_structure(self, images, expected_ndims: int = 3):
-        """As transformers, plus: a 2-D array (H, W) is one grayscale image (channels first)."""
-        def lift(image):
-            return image[None] if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 2 else image
+        """As transformers, plus: 2-D arrays (H, W) are grayscale images, alone or in a list."""
+        def flat(image):
+            return isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 2
 
-        images = [lift(image) for image in images] if isinstance(images, (list, tuple)) else lift(images)
+        if flat(images):
+            return [images]
+        if isinstance(images, (list, tuple)) and any(flat(image) for image in images):
+            return list(images)
         return super()._prepare_images_structure(images, expected_ndims=expected_ndims)
 
     def process_image(self, image, num_channels: int | None = None, input_data_format=None, **kwargs) -> np.ndarray:
