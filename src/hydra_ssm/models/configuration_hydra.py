@@ -219,3 +219,34 @@ class HydraConfig(PretrainedConfig):
     def image_seq_len(self) -> int:
         """Tokens the image encoder mixes: the patches, plus the class token with pooling="cls"."""
         return self.num_patches + (1 if self.pooling == "cls" else 0)
+
+    # ------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As in transformers, plus: a config saved with model_type "hydra" by an image model
+        (before image models had their own model_type) loads as a :class:`HydraVisionConfig`,
+        so the Auto classes resolve it to the image models."""
+        if cls is HydraConfig and IMAGE_ARCHITECTURES & set(config_dict.get("architectures") or ()):
+            upgraded = {k: v for k, v in config_dict.items() if k != "model_type"}
+            return HydraVisionConfig.from_dict(upgraded, **kwargs)
+        return super().from_dict(config_dict, **kwargs)
+
+
+IMAGE_ARCHITECTURES = frozenset({"HydraVisionModel", "HydraForImageClassification"})
+
+
+class HydraVisionConfig(HydraConfig):
+    r"""Configuration of :class:`HydraVisionModel` and :class:`HydraForImageClassification`.
+
+    The fields and defaults are those of :class:`HydraConfig` (the image fields
+    ``image_size``, ``patch_size``, ``num_channels`` included; the text fields are
+    unused). Its own ``model_type`` ("hydra_vision") lets ``AutoModel`` give the
+    image encoder and ``AutoImageProcessor`` the image processor.
+    """
+
+    model_type = "hydra_vision"
+
+    def __init__(self, **kwargs):
+        # Defined here so that transformers >= 5 keeps HydraConfig's constructor
+        # instead of generating a dataclass one for this subclass.
+        super().__init__(**kwargs)

@@ -35,7 +35,7 @@ from transformers.modeling_outputs import (
 from transformers.utils import logging
 
 from ..mixers import build_mixer
-from .configuration_hydra import HydraConfig
+from .configuration_hydra import HydraConfig, HydraVisionConfig
 
 logger = logging.get_logger(__name__)
 
@@ -393,6 +393,22 @@ class HydraForTokenClassification(HydraPreTrainedModel):
 
 
 # ---------------------------------------------------------------------------- 7. images
+def interpolate_pos_encoding(patch_pos: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Position embeddings of a (g, g) patch grid resampled to a (height, width) grid, as ViT does.
+
+    patch_pos: (1, g*g, D), row-major over the grid -> (1, height*width, D); bicubic
+    (align_corners=False), computed in float32 at least; a (g, g) target gives the input back.
+    """
+    grid = int(round(patch_pos.shape[1] ** 0.5))
+    if grid * grid != patch_pos.shape[1]:
+        raise ValueError(f"position embeddings of {patch_pos.shape[1]} patches do not form a square grid")
+    dim = patch_pos.shape[-1]
+    table = patch_pos.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)  # (1, D, g, g)
+    work = table if table.dtype in (torch.float32, torch.float64) else table.float()
+    out = nn.functional.interpolate(work, size=(height, width), mode="bicubic", align_corners=False)
+    return out.to(patch_pos.dtype).permute(0, 2, 3, 1).reshape(1, height * width, dim)
+
+
 class HydraPatchEmbeddings(nn.Module):
     """ViT-style: non-overlapping patches -> linear projection (a strided conv), an optional
     class token in front (pooling="cls"), optional learned position embeddings, dropout."""
@@ -400,6 +416,7 @@ class HydraPatchEmbeddings(nn.Module):
     def __init__(self, config: HydraConfig):
         super().__init__()
         self.image_size = config.image_size
+        self.patch_size = config.patch_size
         self.num_channels = config.num_channels
         self.projection = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=config.patch_size,
                                     stride=config.patch_size)
@@ -408,17 +425,32 @@ class HydraPatchEmbeddings(nn.Module):
                                     if config.use_position_embeddings else None)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _position_embeddings(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """(1, tokens, D) for a (grid_h, grid_w) patch grid; the class token's row is kept as trained."""
+        native = self.image_size // self.patch_size
+        if (grid_h, grid_w) == (native, native):
+            return self.position_embeddings
+        n_cls = 0 if self.cls_token is None else 1
+        patches = interpolate_pos_encoding(self.position_embeddings[:, n_cls:], grid_h, grid_w)
+        return torch.cat([self.position_embeddings[:, :n_cls], patches], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """(B, C, H, W) -> (B, [1 +] (H/p)*(W/p), D). Images of another size than config.image_size
+        need ``interpolate_pos_encoding=True`` (H and W multiples of patch_size)."""
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.num_channels:
             raise ValueError(f"pixel_values must have shape (batch, {self.num_channels}, H, W), got {tuple(pixel_values.shape)}")
-        if tuple(pixel_values.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"expected {self.image_size}x{self.image_size} images (config.image_size), "
-                             f"got {tuple(pixel_values.shape[-2:])}")
+        height, width = pixel_values.shape[-2:]
+        if not interpolate_pos_encoding and (height, width) != (self.image_size, self.image_size):
+            raise ValueError(f"expected {self.image_size}x{self.image_size} images (config.image_size), got "
+                             f"{height}x{width}; pass interpolate_pos_encoding=True to run at another size")
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"pixel_values: height and width must be multiples of patch_size={self.patch_size}, "
+                             f"got {height}x{width}")
         x = self.projection(pixel_values.to(self.projection.weight.dtype)).flatten(2).transpose(1, 2)  # (B, N, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.position_embeddings is not None:
-            x = x + self.position_embeddings
+            x = x + self._position_embeddings(height // self.patch_size, width // self.patch_size)
         return self.dropout(x)
 
 
@@ -426,6 +458,7 @@ class HydraVisionModel(HydraPreTrainedModel):
     """The Hydra image encoder: patch embeddings and blocks; ``pooler_output`` is the class
     token (pooling="cls") or the mean over patches (pooling="mean")."""
 
+    config_class = HydraVisionConfig
     main_input_name = "pixel_values"
 
     def __init__(self, config: HydraConfig):
@@ -434,18 +467,24 @@ class HydraVisionModel(HydraPreTrainedModel):
         self.encoder = HydraEncoder(config, seq_len=config.image_seq_len)
         self.post_init()
 
-    def forward(self, pixel_values=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+    def forward(self, pixel_values=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                interpolate_pos_encoding: bool | None = None):
+        """pixel_values (B, C, H, W) -> ``BaseModelOutputWithPooling``: last_hidden_state (B, tokens, D),
+        pooler_output (B, D). ``interpolate_pos_encoding=True`` runs images of another size than
+        config.image_size (position embeddings resampled bicubically, as in ViT)."""
         if pixel_values is None:
             raise ValueError("pixel_values is required")
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        hidden, all_hidden = self.encoder(self.embeddings(pixel_values), None, output_hidden_states=output_hidden_states)
+        embedded = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        hidden, all_hidden = self.encoder(embedded, None, output_hidden_states=output_hidden_states)
         out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=_pool(hidden, None, self.config.pooling),
                                          hidden_states=all_hidden)
         return out if return_dict else out.to_tuple()
 
 
 class HydraForImageClassification(HydraPreTrainedModel):
+    config_class = HydraVisionConfig
     main_input_name = "pixel_values"
 
     def __init__(self, config: HydraConfig):
@@ -458,9 +497,11 @@ class HydraForImageClassification(HydraPreTrainedModel):
         self.post_init()
 
     def forward(self, pixel_values=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+                return_dict=None, interpolate_pos_encoding: bool | None = None):
+        """pixel_values (B, C, H, W), labels (B,) -> ``ImageClassifierOutput`` (logits (B, num_labels))."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.hydra(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        outputs = self.hydra(pixel_values, output_hidden_states=output_hidden_states, return_dict=True,
+                             interpolate_pos_encoding=interpolate_pos_encoding)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = _classification_loss(self.config, logits, labels) if labels is not None else None
         out = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

@@ -222,6 +222,7 @@ class TaskData:
     tokenizer: object = None
     image_size: int = 0
     num_channels: int = 0
+    image_processor: object = None  # images: the HydraImageProcessor the data went through (saved with the model)
     info: dict = field(default_factory=dict)
 
     def num_train(self) -> int:
@@ -472,22 +473,27 @@ def classify_data(cfg: TrainConfig, tokenizer=None, label_names: list[str] | Non
 
 # -- images
 def image_data(cfg: TrainConfig) -> TaskData:
+    """Images from .npz files (raw values, not rescaled) or scikit-learn's digits (values 0..16, rescaled by 1/16),
+    normalised per channel by the training images' mean and std through the HydraImageProcessor saved with the model."""
+    from ..models import HydraImageProcessor
+
+    label_names = None
     if cfg.train_file:
         x_tr, y_tr = _read_npz(cfg.train_file, "--train-file")
         if cfg.validation_file:
             x_va, y_va = _read_npz(cfg.validation_file, "--validation-file")
         else:
             x_tr, y_tr, x_va, y_va = _split_arrays(x_tr, y_tr, cfg.validation_fraction or 0.2)
-        source = cfg.train_file
+        source, rescale = cfg.train_file, 1.0
     else:
         try:
             from sklearn.datasets import load_digits
         except ImportError:
             raise UsageError("the default image data is scikit-learn's digits: pip install 'hydra-ssm[train]'") from None
         d = load_digits()
-        x = d.images.astype(np.float32)[:, None] / 16.0  # (1797, 1, 8, 8) in [0, 1]
+        x = d.images.astype(np.float32)[:, None]  # (1797, 1, 8, 8), integer values 0..16
         x_tr, y_tr, x_va, y_va = _split_arrays(x, d.target.astype(np.int64), 0.2)
-        source = "sklearn digits"
+        source, rescale, label_names = "sklearn digits", 1 / 16, [str(n) for n in d.target_names]
     num_labels = cfg.num_labels or int(max(y_tr.max(), 0)) + 1
     for ys, what in ((y_tr, "--train-file"), (y_va, "--validation-file")):
         if len(ys) and (ys.min() < 0 or ys.max() >= num_labels):
@@ -500,12 +506,27 @@ def image_data(cfg: TrainConfig) -> TaskData:
         raise UsageError(f"images must be square, got {x_tr.shape[-2]}x{size}")
     if size % cfg.patch_size:
         raise UsageError(f"--patch-size {cfg.patch_size} must divide the image size {size}")
-    mean, std = float(x_tr.mean()), float(x_tr.std()) or 1.0
-    norm = lambda a: torch.from_numpy(((a - mean) / std).astype(np.float32))  # noqa: E731
+    if x_tr.shape[1] not in (1, 3):
+        raise UsageError(f"images must have 1 or 3 channels (N, C, H, W), got {x_tr.shape[1]}")
+    if x_va.shape[1:] != x_tr.shape[1:]:
+        raise UsageError(f"--validation-file: images of shape {x_va.shape[1:]}, the training images are {x_tr.shape[1:]}")
+    scaled = x_tr.astype(np.float64) * rescale
+    mean, std = scaled.mean(axis=(0, 2, 3)), scaled.std(axis=(0, 2, 3))
+    std[std == 0] = 1.0
+    processor = HydraImageProcessor(num_channels=x_tr.shape[1], size={"height": size, "width": size},
+                                    do_rescale=rescale != 1.0, rescale_factor=rescale,
+                                    image_mean=mean.tolist(), image_std=std.tolist())
+
+    def norm(a):
+        return processor(a, input_data_format="channels_first", return_tensors="pt")["pixel_values"]
+
+    info = {"source": source, "train_examples": len(y_tr), "val_examples": len(y_va)}
+    if label_names is not None and len(label_names) == num_labels:
+        info["label_names"] = label_names
     return TaskData("image", {"pixel_values": norm(x_tr), "labels": torch.from_numpy(y_tr)},
                     {"pixel_values": norm(x_va), "labels": torch.from_numpy(y_va)}, num_labels=num_labels,
                     image_size=size, num_channels=x_tr.shape[1], seq_len=(size // cfg.patch_size) ** 2 + 1,
-                    info={"source": source, "train_examples": len(y_tr), "val_examples": len(y_va)})
+                    image_processor=processor, info=info)
 
 
 def _read_npz(path, what):

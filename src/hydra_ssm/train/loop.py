@@ -77,8 +77,6 @@ class Dist:
 
 # ---------------------------------------------------------------------------------------------- models
 def model_config(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size: int):
-    from ..models import HydraConfig
-
     pos = cfg.position_embeddings == "on" or (cfg.position_embeddings == "auto" and mixer not in POSITION_AWARE)
     kw = dict(vocab_size=max(task.vocab_size, 8), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
               matrix_mixer_type=mixer, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, headdim=cfg.headdim,
@@ -90,7 +88,7 @@ def model_config(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size
         kw.update(image_size=task.image_size, patch_size=cfg.patch_size, num_channels=task.num_channels)
     kw.update(label_maps(task))
     try:
-        return HydraConfig(**kw)
+        return model_class(task).config_class(**kw)  # HydraVisionConfig for images
     except ValueError as err:
         raise UsageError(f"model for mixer {mixer!r}: {err}") from None
 
@@ -250,6 +248,8 @@ def save_checkpoint(run_dir: str, step: int, model, opt, sched, state: dict, tas
         _atomic_torch_save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, os.path.join(tmp, "optimizer.pt"))
         if task.tokenizer is not None:
             save_tokenizer(task.tokenizer, tmp)
+        if task.image_processor is not None:
+            task.image_processor.save_pretrained(tmp)
         write_json(os.path.join(tmp, "trainer_state.json"), {**state, "step": step, "world_size": d.world})
         final = os.path.join(ck, name)
         shutil.rmtree(final, ignore_errors=True)
@@ -417,6 +417,8 @@ def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dis
         model.save_pretrained(final, safe_serialization=True)
         if task.tokenizer is not None:
             save_tokenizer(task.tokenizer, final)
+        if task.image_processor is not None:
+            task.image_processor.save_pretrained(final)
         write_json(os.path.join(final, "train_config.json"), {**cfg.to_dict(), "mixers": [mixer],
                                                               "intermediate_size": intermediate_size})
         write_json(os.path.join(run_dir, "result.json"), result)
