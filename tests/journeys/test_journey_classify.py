@@ -68,7 +68,6 @@ def fresh_pipeline(model_dir: str, texts: list[str]) -> dict:
     code = f"""
 import json, sys
 import hydra_ssm
-import hydra_ssm.models  # until import hydra_ssm registers
 from transformers import AutoTokenizer, pipeline
 texts = json.loads(sys.stdin.read())
 tok = AutoTokenizer.from_pretrained({model_dir!r})

@@ -55,7 +55,6 @@ def test_fill_mask_pipeline_in_a_fresh_process(run):
     code = f"""
 import json
 import hydra_ssm
-import hydra_ssm.models  # until import hydra_ssm registers
 from transformers import AutoTokenizer, pipeline
 tok = AutoTokenizer.from_pretrained({model_dir!r})
 fill = pipeline("fill-mask", model={model_dir!r})

@@ -38,8 +38,6 @@ def test_trainer_fine_tunes_a_cli_checkpoint(checkpoint, tmp_path):
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
 
-    import hydra_ssm.models  # noqa: F401  # until import hydra_ssm registers
-
     tok = AutoTokenizer.from_pretrained(checkpoint)
     model = AutoModelForSequenceClassification.from_pretrained(checkpoint, num_labels=2)
     assert type(model).__name__ == "HydraForSequenceClassification"
