@@ -13,11 +13,12 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
-def did_you_mean(value, choices: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``choices`` to a mistyped ``value``, or ``""``."""
+def did_you_mean(value, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to a mistyped ``value``
+    (difflib similarity at least ``cutoff``), or ``""``."""
     if not isinstance(value, str):
         return ""
-    close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1)
+    close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1, cutoff=cutoff)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
@@ -123,14 +124,16 @@ def check_sequence_input(
         raise ValueError(f"{name} contains NaN or infinite values")
     if attention_mask is None:
         return None
+    return check_mask(attention_mask, tuple(u.shape[:2]), u.device)
+
+
+def check_mask(attention_mask, shape: tuple, device=None) -> torch.Tensor:
+    """Validate a (batch, seqlen) mask of 0/1 (any dtype) or bool; returns it as a bool tensor on ``device``."""
     if not isinstance(attention_mask, torch.Tensor):
-        raise ValueError(f"attention_mask must be a torch.Tensor of shape {tuple(u.shape[:2])}, got {type(attention_mask).__name__}")
-    if attention_mask.shape != u.shape[:2]:
-        raise ValueError(f"attention_mask must have shape (batch, seqlen) = {tuple(u.shape[:2])}, got {tuple(attention_mask.shape)}")
-    if attention_mask.is_floating_point() or attention_mask.is_complex():
-        if not _compiling() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("attention_mask must contain only 0 and 1 (or be a bool tensor)")
-    elif attention_mask.dtype != torch.bool:
-        if not _compiling() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError(f"attention_mask of dtype {attention_mask.dtype} must contain only 0 and 1")
-    return attention_mask.to(device=u.device, dtype=torch.bool)
+        raise ValueError(f"attention_mask must be a torch.Tensor of shape {tuple(shape)}, got {type(attention_mask).__name__}")
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ValueError(f"attention_mask must have shape (batch, seqlen) = {tuple(shape)}, got {tuple(attention_mask.shape)}")
+    if attention_mask.dtype != torch.bool and not _compiling():
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError(f"attention_mask of dtype {attention_mask.dtype} must contain only 0 and 1 (or be a bool tensor)")
+    return attention_mask.to(device=device, dtype=torch.bool)
