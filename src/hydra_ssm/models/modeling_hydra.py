@@ -332,7 +332,8 @@ class HydraModel(HydraPreTrainedModel):
             check_index_range("input_ids", input_ids, self.embeddings.word_embeddings.num_embeddings)
             shape = tuple(input_ids.shape)
         else:
-            check_sequence_input(inputs_embeds, config.hidden_size, name="inputs_embeds")
+            check_sequence_input(inputs_embeds, config.hidden_size, name="inputs_embeds",
+                                 dtype=self.embeddings.word_embeddings.weight.dtype)
             shape = tuple(inputs_embeds.shape[:2])
         if attention_mask is not None:
             check_mask(attention_mask, shape)
