@@ -156,6 +156,17 @@ def check_seqcls_loss_matches_cross_entropy():
     torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(out.logits, labels))
 
 
+def check_failed_call_keeps_problem_type():
+    """Labels that fail the checks must not fix the problem type of later calls."""
+    m = HydraForSequenceClassification(cfg())
+    try:
+        m(ids(), labels=torch.tensor([[0.0, 1.0]]))
+    except ValueError:
+        pass
+    assert m.config.problem_type is None, m.config.problem_type
+    assert m(ids(), labels=torch.tensor([2, 0])).loss.isfinite()
+
+
 def check_model_batch0(cls):
     out = model(cls)(ids(b=0))
     first = out[0] if not hasattr(out, "logits") else out.logits
@@ -229,6 +240,7 @@ for _n in MM_TYPES:
         pytest.param(lambda n=_n: mm(n, chunk_size=0), ValueError, r"chunk_size must be a positive integer, got 0", id=f"{_n}-chunk0"),
         pytest.param(lambda n=_n: mm(n, conv_init=-0.5), ValueError, r"conv_init must be a positive number", id=f"{_n}-conv_init-neg"),
         pytest.param(lambda n=_n: mm(n, d_sate=4), ValueError, r"unknown option 'd_sate' .*did you mean 'd_state'|unknown option 'd_sate'", id=f"{_n}-typo"),
+        pytest.param(lambda n=_n: mm(n, conv_bias="off"), ValueError, r"conv_bias must be True or False, got 'off'", id=f"{_n}-conv_bias-str"),
         pytest.param(lambda n=_n: mm(n, dtype=torch.long), ValueError, r"dtype must be a floating-point dtype.*got torch.int64", id=f"{_n}-int-dtype"),
         pytest.param(lambda n=_n: mm(n)(x(l=0)), ValueError, r"at least one position", id=f"{_n}-L0"),
         pytest.param(lambda n=_n: mm(n)(x(dtype=torch.float64)), ValueError, r"u has dtype torch.float64 but the layer's parameters are torch.float32", id=f"{_n}-float64-input"),
@@ -265,6 +277,9 @@ CASES = [
     pytest.param(lambda: hydra(conv_init=-0.5), ValueError, r"conv_init must be a positive number or None, got -0.5", id="hydra-conv_init-neg"),
     pytest.param(lambda: hydra(conv_init="big"), ValueError, r"conv_init must be a positive number or None", id="hydra-conv_init-str"),
     pytest.param(lambda: hydra(dtype=torch.long), ValueError, r"dtype must be a floating-point dtype.*got torch.int64", id="hydra-int-dtype"),
+    pytest.param(lambda: hydra(bias="no"), ValueError, r"bias must be True or False, got 'no'", id="hydra-bias-str"),
+    pytest.param(lambda: hydra(learnable_init_states=1), ValueError, r"learnable_init_states must be True or False", id="hydra-init-states-int"),
+    pytest.param(lambda: mha(bias="yes"), ValueError, r"bias must be True or False", id="mha-bias-str"),
     pytest.param(lambda: hydra(d_sate=4), TypeError, r"d_sate", id="hydra-direct-typo"),
     pytest.param(lambda: check_float64_parameters(hydra(dtype=torch.float64)), None, "", id="hydra-dtype-float64"),
     pytest.param(lambda: check_float64_parameters(hydra(dtype=torch.float64, learnable_init_states=True)), None, "", id="hydra-dtype-float64-init-states"),
@@ -375,6 +390,9 @@ CASES = [
     pytest.param(lambda: cfg(mixer_options={"scan_impl": "fusd"}), ValueError, r"scan_impl must be one of", id="cfg-opt-bad-value"),
     pytest.param(lambda: cfg(mixer_options={"dt_limit": 5}), ValueError, r"dt_limit must be a pair", id="cfg-opt-dt_limit"),
     pytest.param(lambda: cfg(d_sate=4), ValueError, r"HydraConfig got an unknown field 'd_sate'; did you mean 'd_state'", id="cfg-field-typo"),
+    pytest.param(lambda: cfg(num_labels=0), ValueError, r"HydraConfig.num_labels must be a positive integer, got 0", id="cfg-num-labels0"),
+    pytest.param(lambda: cfg(is_prenorm="no"), ValueError, r"HydraConfig.is_prenorm must be True or False, got 'no'", id="cfg-prenorm-str"),
+    pytest.param(lambda: cfg(use_position_embeddings=1), ValueError, r"HydraConfig.use_position_embeddings must be True or False", id="cfg-pos-int"),
     pytest.param(lambda: cfg(use_position_embeddings=True, max_position_embeddings=None), ValueError, r"use_position_embeddings", id="cfg-pos-no-mpe"),
     pytest.param(lambda: check_generic_fields_build_any_mixer(), None, "", id="cfg-generic-fields-any-mixer"),
     pytest.param(lambda: cfg(matrix_mixer_type="mha", headdim=12), None, "", id="cfg-headdim-unused"),
@@ -412,10 +430,15 @@ CASES = [
     pytest.param(lambda: model(HydraModel)(ids(), attention_mask=[[1] * 6] * 2), ValueError, r"attention_mask must be a torch.Tensor", id="model-mask-list"),
     pytest.param(lambda: model(HydraModel)(inputs_embeds=with_bad(x(), 0, float("nan"))), ValueError, r"inputs_embeds contains NaN", id="model-embeds-nan"),
     pytest.param(lambda: model(HydraModel)(inputs_embeds=x(l=0)), ValueError, r"inputs_embeds must have at least one position", id="model-embeds-L0"),
+    pytest.param(lambda: expect(model(HydraForMaskedLM)(ids().to(torch.uint8), labels=ids().int()).loss.isfinite()), None, "", id="model-small-int-dtypes"),
+    pytest.param(lambda: expect(model(HydraForSequenceClassification)(ids(), labels=torch.tensor([0, 1], dtype=torch.int32)).loss.isfinite()), None, "", id="seqcls-int32-labels"),
+    pytest.param(lambda: model(HydraModel)(ids(), token_type_ids=torch.zeros(2, 6, dtype=torch.uint8)).last_hidden_state, None, "", id="model-uint8-types"),
+    pytest.param(lambda: model(HydraModel)(ids().bool()), ValueError, r"input_ids must be an integer tensor, got torch.bool", id="model-ids-bool"),
     pytest.param(lambda: model(HydraModel)(inputs_embeds=x(dtype=torch.float64)), ValueError, r"inputs_embeds has dtype torch.float64 but the layer's parameters are torch.float32", id="model-embeds-dtype"),
     pytest.param(lambda: model(HydraModel)(ids().tolist()), ValueError, r"input_ids must be a torch.Tensor", id="model-ids-list"),
-    pytest.param(lambda: model(HydraForSequenceClassification)(ids(), labels=torch.tensor([[0.0, 1.0, 0.0]])), ValueError, r"labels must have shape \(2, 3\)", id="seqcls-multilabel-shape"),
+    pytest.param(lambda: model(HydraForSequenceClassification, problem_type="multi_label_classification")(ids(), labels=torch.tensor([[0.0, 1.0, 0.0]])), ValueError, r"labels must have shape \(2, 3\)", id="seqcls-multilabel-shape"),
     pytest.param(check_seqcls_loss_matches_cross_entropy, None, "", id="seqcls-loss-mean"),
+    pytest.param(check_failed_call_keeps_problem_type, None, "", id="seqcls-failed-call-keeps-problem-type"),
     pytest.param(check_mlm_loss_matches_cross_entropy, None, "", id="mlm-loss-mean"),
     pytest.param(lambda: model(HydraModel, use_position_embeddings=True)(ids(l=20)), ValueError, r"max_position_embeddings=16", id="model-too-long"),
     pytest.param(lambda: model(HydraModel)(ids(), attention_mask=torch.ones(2, 6)) and check_float_mask_of_ones(), None, "", id="model-float-mask"),

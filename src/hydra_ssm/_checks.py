@@ -44,6 +44,11 @@ def check_positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
 def check_number(name: str, value, *, low=None, high=None, low_open=False, what="a number") -> None:
     """``value`` a real number (not a bool) in [low, high] (``(low, high]`` with ``low_open``)."""
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .._checks import check_float_dtype, check_positive_int, check_probability, check_sequence_input
+from .._checks import check_bool, check_float_dtype, check_positive_int, check_probability, check_sequence_input
 from .registry import SequenceMixer, register_mixer
 
 
@@ -35,6 +35,7 @@ class MultiHeadAttention(SequenceMixer):
         check_positive_int("num_heads", num_heads)
         check_probability("dropout", dropout)
         check_float_dtype(dtype)
+        check_bool("bias", bias)
         if d_model % num_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
         factory = {"device": device, "dtype": dtype}

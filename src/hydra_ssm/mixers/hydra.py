@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .._checks import check_choice, check_float_dtype, check_number, check_positive_int, check_sequence_input
+from .._checks import check_bool, check_choice, check_float_dtype, check_number, check_positive_int, check_sequence_input
 from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_two_pass
 from .norm import GatedRMSNorm
 from .registry import SequenceMixer, register_mixer
@@ -97,6 +97,8 @@ class Hydra(SequenceMixer):
                             ("headdim", headdim), ("ngroups", ngroups), ("chunk_size", chunk_size)):
             check_positive_int(name, value)
         check_float_dtype(dtype)
+        for name, value in (("learnable_init_states", learnable_init_states), ("bias", bias), ("conv_bias", conv_bias)):
+            check_bool(name, value)
         if d_conv % 2 == 0:
             raise ValueError(f"d_conv must be odd so the non-causal convolution keeps the length, got {d_conv}")
         if (expand * d_model) % headdim != 0:

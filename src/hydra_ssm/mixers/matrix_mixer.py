@@ -38,6 +38,7 @@ from einops import rearrange
 from torch import nn
 
 from .._checks import (
+    check_bool,
     check_choice,
     check_float_dtype,
     check_number,
@@ -233,6 +234,8 @@ class MatrixMixer(SequenceMixer):
                            ("headdim", headdim), ("chunk_size", chunk_size)):
             check_positive_int(arg, value)
         check_float_dtype(dtype)
+        check_bool("bias", bias)
+        check_bool("conv_bias", conv_bias)
         if conv_init is not None:
             check_number("conv_init", conv_init, low=0, low_open=True, what="a positive number or None")
         if max_seq_len is not None and (not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len <= 0):

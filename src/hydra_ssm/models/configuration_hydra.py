@@ -17,6 +17,7 @@ from transformers import PretrainedConfig
 from transformers.activations import ACT2FN
 
 from .._checks import (
+    check_bool,
     check_choice,
     check_number,
     check_options,
@@ -183,6 +184,9 @@ class HydraConfig(PretrainedConfig):
                      "d_state", "d_conv", "expand", "headdim", "ngroups", "qk_dim", "chunk_size",
                      "num_attention_heads"):
             check_positive_int(f"HydraConfig.{name}", getattr(self, name))
+        check_positive_int("HydraConfig.num_labels", self.num_labels)
+        for name in ("is_prenorm", "use_position_embeddings", "tie_word_embeddings"):
+            check_bool(f"HydraConfig.{name}", getattr(self, name))
         for name in ("type_vocab_size", "intermediate_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -69,7 +69,7 @@ def _token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     grad_fn (its gradient is zero), so a training step on it is a no-op instead
     of a NaN that would poison the weights.
     """
-    labels = labels.to(logits.device).reshape(-1)
+    labels = labels.to(device=logits.device, dtype=torch.long).reshape(-1)
     total = CrossEntropyLoss(reduction="sum", ignore_index=IGNORE_INDEX)(logits.reshape(-1, logits.shape[-1]), labels)
     count = (labels != IGNORE_INDEX).sum().clamp(min=1)
     return total / count.to(total.dtype)
@@ -376,6 +376,9 @@ class HydraModel(HydraPreTrainedModel):
         self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         if token_type_ids is not None and self.embeddings.token_type_embeddings is None:
             token_type_ids = None  # all zeros (checked): the single segment, as without token types
+        # any integer dtype (uint8, int16, ...) is accepted; embeddings take int64
+        input_ids, token_type_ids, position_ids = (None if t is None else t.long()
+                                                   for t in (input_ids, token_type_ids, position_ids))
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
