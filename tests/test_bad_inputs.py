@@ -223,6 +223,24 @@ def load_with_config(cls=HydraConfig, text=None, **changes):
         return cls.from_pretrained(tmp)
 
 
+def load_vandermonde_dft(change: float):
+    """Save a model with the DFT vandermonde mixer, add ``change`` to its stored dft_matrix, load it
+    back with from_pretrained and check the outputs."""
+    from safetensors.torch import load_file, save_file
+
+    m = model(HydraModel, matrix_mixer_type="vandermonde", is_data_dependent=False)
+    with tempfile.TemporaryDirectory() as tmp:
+        m.save_pretrained(tmp)
+        path = pathlib.Path(tmp) / "model.safetensors"
+        sd = load_file(path)
+        key = next(k for k in sd if k.endswith("dft_matrix"))
+        sd[key] = sd[key] + change
+        save_file(sd, path, metadata={"format": "pt"})
+        loaded = HydraModel.from_pretrained(tmp).eval()
+    assert torch.equal(loaded(ids()).last_hidden_state, m(ids()).last_hidden_state)
+    assert not any("dft" in name for name, _ in loaded.named_parameters())
+
+
 def load_with_weights(data: bytes):
     with tempfile.TemporaryDirectory() as tmp:
         model(HydraModel).save_pretrained(tmp)
@@ -329,6 +347,7 @@ CASES = [
     pytest.param(lambda: MatrixMixer("low_rank", True, D, 4, max_seq_len=0, headdim=8), ValueError, r"max_seq_len must be a positive integer", id="mm-max_seq_len0"),
     pytest.param(lambda: MatrixMixer("low_rank", True, None, 4, max_seq_len=8, headdim=8), ValueError, r"d_model must be a positive integer, got None", id="mm-no-d_model"),
     pytest.param(lambda: MatrixMixer("low_rank", True, D, 4, max_seq_len=8, headdim=8, activation="gelu"), ValueError, r"activation must be one of", id="mm-activation"),
+    pytest.param(lambda: MatrixMixer("vandermonde", False, D, 4, max_seq_len=8, headdim=8, is_dft="no"), ValueError, r"is_dft must be True or False, got 'no'", id="mm-is_dft-str"),
     pytest.param(lambda: MatrixMixer("vandermonde", False, D, 4, max_seq_len=8, headdim=8, is_dtf=False), ValueError, r"unknown option 'is_dtf'.*did you mean 'is_dft'", id="mm-is_dtf"),
     pytest.param(lambda: check_dft_roundtrip(), None, "", id="mm-dft-roundtrip"),
     pytest.param(load_corrupted_dft, RuntimeError, r"dft_matrix differs from the cosine DFT", id="mm-dft-corrupted"),
@@ -421,6 +440,8 @@ CASES = [
     pytest.param(lambda: load_with_config(hidden_act="gelux"), ValueError, r"hidden_act", id="load-config-act"),
     pytest.param(lambda: load_with_config(HydraModel, hidden_size=24), RuntimeError, r"ignore_mismatched_sizes", id="load-model-foreign-width"),
     pytest.param(lambda: load_with_config(text="{not json"), OSError, r"config.json|JSON", id="load-config-garbage"),
+    pytest.param(lambda: load_vandermonde_dft(0.0), None, "", id="load-vandermonde-dft"),
+    pytest.param(lambda: load_vandermonde_dft(0.5), ValueError, r"dft_matrix differs from the cosine DFT of size 16", id="load-vandermonde-dft-corrupted"),
     pytest.param(lambda: load_with_weights(b"garbage"), OSError, r"the safetensors weights in .* are not readable", id="load-weights-garbage"),
     pytest.param(check_zero_types_without_type_embeddings, None, "", id="model-zero-types-no-type-embeddings"),
     pytest.param(lambda: model(HydraModel)(ids(), position_ids=torch.arange(6)), ValueError, r"position_ids were given but the model has no position embeddings", id="model-pos-without-embeddings"),
