@@ -83,17 +83,17 @@ def check_index_tensor(name: str, t, shape: tuple | None = None) -> None:
 
 
 def check_index_range(name: str, t: torch.Tensor, high: int, *, ignore: int | None = None) -> None:
-    """Every value of ``t`` in [0, high) (or equal to ``ignore``); needs a host sync, so
-    it is skipped while compiling or exporting."""
+    """Every value of ``t`` in [0, high) (or equal to ``ignore``). Reads the values (one
+    host sync when they are fine), so it is skipped while compiling or exporting."""
     if _compiling() or t.numel() == 0:
         return
-    values = t if ignore is None else t[t != ignore]
-    if values.numel() == 0:
+    ignored = None if ignore is None else t == ignore
+    values = t if ignored is None else t.masked_fill(ignored, 0)
+    if not bool(((values < 0) | (values >= high)).any()):
         return
-    low, top = int(values.min()), int(values.max())
-    if low < 0 or top >= high:
-        extra = f" or {ignore} (ignored)" if ignore is not None else ""
-        raise ValueError(f"{name} must be in [0, {high}){extra}, got values in [{low}, {top}]")
+    values = t if ignored is None else t[~ignored]
+    extra = f" or {ignore} (ignored)" if ignore is not None else ""
+    raise ValueError(f"{name} must be in [0, {high}){extra}, got values in [{int(values.min())}, {int(values.max())}]")
 
 
 def check_sequence_input(

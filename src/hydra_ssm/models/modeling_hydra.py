@@ -351,12 +351,11 @@ class HydraModel(HydraPreTrainedModel):
             if positions is None:
                 raise ValueError("position_ids were given but the model has no position embeddings "
                                  "(use_position_embeddings=False): the mixers order the tokens themselves")
-            if position_ids.dim() == 1:
-                check_index_tensor("position_ids", position_ids[None], (1, shape[1]))
-            elif position_ids.dim() == 2 and position_ids.shape[0] == 1:
-                check_index_tensor("position_ids", position_ids, (1, shape[1]))
-            else:
-                check_index_tensor("position_ids", position_ids, shape)
+            allowed = [(shape[1],), (1, shape[1]), shape]  # one row for the whole batch, or one per sequence
+            if not isinstance(position_ids, torch.Tensor) or tuple(position_ids.shape) not in allowed:
+                got = tuple(position_ids.shape) if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
+                raise ValueError(f"position_ids must have shape {allowed[0]}, {allowed[1]} or {allowed[2]}, got {got}")
+            check_index_tensor("position_ids", position_ids.reshape(-1, shape[1]))
             check_index_range("position_ids", position_ids, positions.num_embeddings)
 
     def forward(
@@ -440,7 +439,7 @@ class HydraForMaskedLM(HydraPreTrainedModel):
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
-            _check_token_labels(labels, logits.shape[:2], self.config.vocab_size)
+            _check_token_labels(labels, logits.shape[:2], logits.shape[-1])
             loss = _token_loss(logits, labels)
         out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return out if return_dict else out.to_tuple()
