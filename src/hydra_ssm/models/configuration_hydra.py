@@ -152,7 +152,9 @@ class HydraConfig(PretrainedConfig):
         self.qk_dim = qk_dim
         self.chunk_size = chunk_size
         self.num_attention_heads = num_attention_heads
-        self.mixer_options = {} if mixer_options is None else dict(mixer_options) if isinstance(mixer_options, dict) else mixer_options
+        if mixer_options is None:
+            mixer_options = {}
+        self.mixer_options = dict(mixer_options) if isinstance(mixer_options, dict) else mixer_options  # checked below
         self.is_prenorm = is_prenorm
         self.intermediate_size = intermediate_size
         self.hidden_act = hidden_act

@@ -35,7 +35,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from .._checks import check_index_range, check_index_tensor, check_mask, check_sequence_input
+from .._checks import _compiling, check_index_range, check_index_tensor, check_mask, check_sequence_input
 from ..mixers import build_mixer
 from .configuration_hydra import HydraConfig
 
@@ -341,7 +341,7 @@ class HydraModel(HydraPreTrainedModel):
             check_index_tensor("token_type_ids", token_type_ids, shape)
             types = self.embeddings.token_type_embeddings
             if types is None:
-                if not torch.compiler.is_compiling() and bool(token_type_ids.ne(0).any()):
+                if not _compiling() and bool(token_type_ids.ne(0).any()):
                     raise ValueError("token_type_ids were given but the model has no token type embeddings "
                                      "(type_vocab_size=0): pass none (or all zeros), or use a config with type_vocab_size > 0")
             else:
