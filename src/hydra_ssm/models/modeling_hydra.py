@@ -301,7 +301,16 @@ class HydraPooler(nn.Module):
 
 # ---------------------------------------------------------------------------- 5. text encoder
 class HydraModel(HydraPreTrainedModel):
-    """The Hydra text encoder: embeddings, blocks and (optionally) the pooler."""
+    """The Hydra text encoder: embeddings, blocks and (optionally) the pooler.
+
+    Inputs are checked before any computation (ValueErrors name the argument):
+    exactly one of ``input_ids`` (B, L) of any integer dtype and
+    ``inputs_embeds`` (B, L, hidden_size) of the model's dtype; ids, token
+    types and positions inside their tables; ``attention_mask`` (B, L) of 0/1.
+    ``token_type_ids`` without type embeddings (``type_vocab_size=0``) are
+    accepted when all zero and refused otherwise; ``position_ids`` without
+    position embeddings are refused. B = 0 gives empty outputs; L = 0 is an error.
+    """
 
     def __init__(self, config: HydraConfig, add_pooling_layer: bool = True):
         super().__init__(config)
