@@ -39,7 +39,7 @@ from .config import UsageError
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 STEP_DIR = re.compile(r"^step-(\d+)$")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "preprocessor_config.json")
 REQUIRED = ("config.json", "model.safetensors", "optimizer.pt", "trainer_state.json", "train_config.json")
 # options that may differ when a run is resumed: they do not change the training trajectory (bookkeeping, output,
 # evaluation, speed); --steps may grow (the run is extended) and is checked on its own
@@ -335,13 +335,15 @@ def make_output_dir(path: str, flag: str = "--output-dir") -> None:
 
 # ---------------------------------------------------------------------------------------------- writing
 def write_model_files(directory: str, model, task) -> None:
-    """What a model directory holds: save_pretrained (safetensors) and the tokenizer the model reads."""
+    """What a model directory holds: save_pretrained (safetensors) and the tokenizer or image processor it reads."""
     from .data import save_tokenizer
 
     raw = model.module if hasattr(model, "module") else model
     raw.save_pretrained(directory, safe_serialization=True)
     if task.tokenizer is not None:
         save_tokenizer(task.tokenizer, directory)
+    if task.image_processor is not None:
+        task.image_processor.save_pretrained(directory)
 
 
 def _move_aside(path: str) -> str:
@@ -461,9 +463,10 @@ def load_model_dir(model_dir: str, flag: str = "--model"):
     except (OSError, ValueError) as err:
         raise UsageError(f"{flag}: {cfg_path} is not valid JSON ({str(err).splitlines()[0]})") from None
     kind = raw.get("model_type") if isinstance(raw, dict) else None
-    if kind != models.HydraConfig.model_type:
+    ours = (models.HydraConfig.model_type, models.HydraVisionConfig.model_type)
+    if kind not in ours:
         raise UsageError(f"{flag}: {cfg_path} is not a hydra-ssm model config (model_type {kind!r}, expected "
-                         f"{models.HydraConfig.model_type!r})")
+                         f"{' or '.join(map(repr, ours))})")
     arch = (raw.get("architectures") or ["HydraForMaskedLM"])[0]
     cls = getattr(models, arch, None) if arch.startswith("Hydra") else None
     if cls is None:
