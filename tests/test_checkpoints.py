@@ -167,6 +167,8 @@ def test_extending_a_run_with_more_steps(ref, tmp_path, capsys):
     assert steps[:STEPS + 2] == list(range(1, STEPS + 3))
     # the first 6 steps are the reference's, untouched
     assert log(run_dir(out))[:STEPS] == log(run_dir(ref / "ref"))[:STEPS]
+    # the resumed run is the same run: it prunes the checkpoints written before the resume too
+    assert sorted(os.listdir(run_dir(out) / "checkpoints")) == ["latest", "step-0000004", "step-0000006", "step-0000008"]
 
 
 def test_stale_checkpoints_of_another_run_are_refused_and_kept(ref, tmp_path, capsys):
