@@ -9,7 +9,8 @@ from hypothesis import given, settings, strategies as st
 from hydra_ssm.ops import cauchy, low_rank, toeplitz, vandermonde
 from hydra_ssm.ops._tiled import tile_rows, tile_sizes
 
-shapes = dict(b=st.integers(1, 2), L=st.sampled_from([1, 2, 5, 7, 13, 31]), h=st.integers(1, 3),
+# edges included: batch 0, length 0 and 1
+shapes = dict(b=st.sampled_from([1, 2, 0]), L=st.sampled_from([1, 2, 5, 7, 13, 31, 0]), h=st.integers(1, 3),
               p=st.integers(1, 4), d=st.integers(1, 3), seed=st.integers(0, 1000))
 
 
@@ -24,7 +25,8 @@ def rand(*shape, seed=0):
 @given(**shapes, shared=st.booleans())
 def test_toeplitz_fft_matches_matrix(b, L, h, p, d, seed, shared):
     x = rand(b, L, h, p, seed=seed)
-    k = rand(h, 2 * L - 1, seed=seed + 1) if shared else rand(b, h, 2 * L - 1, seed=seed + 1)
+    lags = max(2 * L - 1, 0)
+    k = rand(h, lags, seed=seed + 1) if shared else rand(b, h, lags, seed=seed + 1)
     torch.testing.assert_close(toeplitz.toeplitz_fft(x, k), toeplitz.toeplitz_ref(x, k))
     # float32 path stays accurate
     torch.testing.assert_close(toeplitz.toeplitz_fft(x.float(), k.float()), toeplitz.toeplitz_ref(x, k).float(),
@@ -65,9 +67,9 @@ def test_vandermonde_float32_long_and_large_frequencies():
 
 
 @settings(max_examples=10, deadline=None)
-@given(L=st.integers(1, 20), extra=st.integers(0, 9), seed=st.integers(0, 100))
-def test_dft_cos(L, extra, seed):
-    x = rand(2, L, 2, 3, seed=seed)
+@given(b=st.sampled_from([2, 0]), L=st.integers(1, 20), extra=st.integers(0, 9), seed=st.integers(0, 100))
+def test_dft_cos(b, L, extra, seed):
+    x = rand(b, L, 2, 3, seed=seed)
     torch.testing.assert_close(vandermonde.dft_cos_mix(x, L + extra), vandermonde.dft_cos_ref(x, L + extra))
     with pytest.raises(ValueError):
         vandermonde.dft_cos_mix(x, L - 1) if L > 1 else (_ for _ in ()).throw(ValueError())
@@ -119,3 +121,25 @@ def test_shape_errors():
         cauchy.cauchy_mix(x, torch.zeros(4, 3, 2), torch.zeros(4, 2, 2))
     with pytest.raises(ValueError, match="same last dimension"):
         low_rank.low_rank_mix(x, torch.zeros(4, 2, 2), torch.zeros(4, 2, 3))
+
+
+@pytest.mark.parametrize("op", ["vandermonde", "cauchy", "toeplitz", "low_rank", "dft_cos"])
+@pytest.mark.parametrize("which", ["x", "q", "k"])
+def test_non_floating_inputs_are_rejected(op, which):
+    """An integer input is refused (it used to give a truncated integer output or a torch error)."""
+    x, q, k = torch.ones(1, 4, 2, 3), torch.ones(4, 2, 2), torch.ones(4, 2, 2)
+    if op in ("toeplitz", "dft_cos") and which != "x":
+        pytest.skip("one input besides x, checked below")
+    args = dict(x=x, q=q, k=k)
+    args[which] = args[which].long()
+    call = {"vandermonde": lambda: vandermonde.vandermonde_mix(args["x"], args["q"], args["k"]),
+            "cauchy": lambda: cauchy.cauchy_mix(args["x"], args["q"], args["k"]),
+            "low_rank": lambda: low_rank.low_rank_mix(args["x"], args["q"], args["k"]),
+            "toeplitz": lambda: toeplitz.toeplitz_fft(args["x"], torch.ones(2, 7)),
+            "dft_cos": lambda: vandermonde.dft_cos_mix(args["x"], 4)}[op]
+    with pytest.raises(TypeError, match=f"^{which} must be a floating-point tensor"):
+        call()
+    with pytest.raises(TypeError, match="^kernel must be a floating-point tensor"):
+        toeplitz.toeplitz_fft(x, torch.ones(2, 7, dtype=torch.int32))
+    with pytest.raises(ValueError, match="^k must be on x's device"):
+        cauchy.cauchy_mix(x, q, k.to("meta"))
