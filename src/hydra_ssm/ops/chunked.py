@@ -327,13 +327,16 @@ def _bidirectional_block_backward(M, dM, X, W, sl, dirs, dir_tensors, grads, out
     KC = dM.mul_(M)
     M.mul_(W)  # the block itself, for dx
     dcb = _by_group(X.mul_(W), g).sum(3)  # (s, b, G, Q, Q)
-    below = KC.tril(-1)  # the forward direction's part
-    above = torch.sub(KC, below, out=W)  # the backward direction's part (the diagonal of KC is 0)
-    parts = ((below, dcb.tril(-1)), (above, dcb.triu(1)))
-    for (C, B, *_), gr, dt_s, (kc, dcb_d) in zip(dir_tensors, grads, dts, parts):
-        col = kc.sum(-2)
+    # the forward direction's part is below the diagonal, the backward one's the rest (KC's diagonal is 0)
+    below = KC.tril(-1)
+    col_f = below.sum(-2)
+    col_b = KC.sum(-2) - col_f
+    dtb_col = dts[1].unsqueeze(-1)
+    rows = ((below @ dts[0].unsqueeze(-1)).squeeze(-1), (KC @ dtb_col - below @ dtb_col).squeeze(-1))
+    for (C, B, *_), gr, dt_s, col, dr, dcb_d in zip(dir_tensors, grads, dts, (col_f, col_b), rows,
+                                                     (dcb.tril(-1), dcb.triu(1))):
         gr[2][sl] += col
-        gr[3][sl] += (kc @ dt_s.unsqueeze(-1)).squeeze(-1)
+        gr[3][sl] += dr
         gr[4][sl] -= col * dt_s
         gr[0][sl] += dcb_d @ B[sl]
         gr[1][sl] += dcb_d.transpose(-1, -2) @ C[sl]
