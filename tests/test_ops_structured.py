@@ -21,13 +21,25 @@ def rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+def assert_same_gradients(fast, ref, inputs, seed):
+    """Outputs and the gradients of every input of ``fast`` equal those through the explicit matrix ``ref``."""
+    inputs = [t.detach().requires_grad_() for t in inputs]
+    y_fast, y_ref = fast(*inputs), ref(*inputs)
+    torch.testing.assert_close(y_fast, y_ref)
+    w = rand(*y_ref.shape, seed=seed + 7)
+    grads = [torch.autograd.grad((y * w).sum(), inputs, allow_unused=True, materialize_grads=True)
+             for y in (y_fast, y_ref)]
+    for g_fast, g_ref in zip(*grads):
+        torch.testing.assert_close(g_fast, g_ref)
+
+
 @settings(max_examples=15, deadline=None)
 @given(**shapes, shared=st.booleans())
 def test_toeplitz_fft_matches_matrix(b, L, h, p, d, seed, shared):
     x = rand(b, L, h, p, seed=seed)
     lags = max(2 * L - 1, 0)
     k = rand(h, lags, seed=seed + 1) if shared else rand(b, h, lags, seed=seed + 1)
-    torch.testing.assert_close(toeplitz.toeplitz_fft(x, k), toeplitz.toeplitz_ref(x, k))
+    assert_same_gradients(toeplitz.toeplitz_fft, toeplitz.toeplitz_ref, (x, k), seed)
     # float32 path stays accurate
     torch.testing.assert_close(toeplitz.toeplitz_fft(x.float(), k.float()), toeplitz.toeplitz_ref(x, k).float(),
                                rtol=1e-4, atol=1e-4)
@@ -43,7 +55,7 @@ def test_toeplitz_matrix_layout():
 @given(**shapes)
 def test_low_rank(b, L, h, p, d, seed):
     x, q, k = rand(b, L, h, p, seed=seed), rand(b, L, h, d, seed=seed + 1), rand(L, h, d, seed=seed + 2)
-    torch.testing.assert_close(low_rank.low_rank_mix(x, q, k), low_rank.low_rank_ref(x, q, k))
+    assert_same_gradients(low_rank.low_rank_mix, low_rank.low_rank_ref, (x, q, k), seed)
 
 
 @settings(max_examples=15, deadline=None)
@@ -51,8 +63,8 @@ def test_low_rank(b, L, h, p, d, seed):
        sign=st.sampled_from([-1.0, 1.0]))
 def test_vandermonde_tiled(b, L, h, p, d, seed, tile, col_tile, sign):
     x, q, k = rand(b, L, h, p, seed=seed), 0.05 * rand(b, L, h, d, seed=seed + 1), 0.05 * rand(L, h, d, seed=seed + 2)
-    torch.testing.assert_close(vandermonde.vandermonde_mix(x, q, k, sign, tile=tile, col_tile=col_tile),
-                               vandermonde.vandermonde_ref(x, q, k, sign))
+    assert_same_gradients(lambda *a: vandermonde.vandermonde_mix(*a, sign, tile=tile, col_tile=col_tile),
+                          lambda *a: vandermonde.vandermonde_ref(*a, sign), (x, q, k), seed)
 
 
 def test_vandermonde_float32_long_and_large_frequencies():
@@ -79,7 +91,8 @@ def test_dft_cos(b, L, extra, seed):
 @given(**shapes, tile=st.sampled_from([None, 1, 4, 6]), col_tile=st.sampled_from([None, 1, 3, 10]))
 def test_cauchy_tiled(b, L, h, p, d, seed, tile, col_tile):
     x, q, k = rand(b, L, h, p, seed=seed), rand(b, L, h, d, seed=seed + 1).exp(), rand(L, h, d, seed=seed + 2).exp()
-    torch.testing.assert_close(cauchy.cauchy_mix(x, q, k, tile=tile, col_tile=col_tile), cauchy.cauchy_ref(x, q, k))
+    assert_same_gradients(lambda *a: cauchy.cauchy_mix(*a, tile=tile, col_tile=col_tile), cauchy.cauchy_ref,
+                          (x, q, k), seed)
 
 
 @pytest.mark.parametrize("op", ["vandermonde", "cauchy", "toeplitz", "low_rank"])
