@@ -161,11 +161,18 @@ def _shifted_pairs(dirs, dir_tensors):
     return tuple((t[3], _log_dt_shift(t[2], t[4])) for t in dir_tensors)
 
 
-def _exponent_block(E, work, lower, sl, fwd, bwd):
-    """E = r_i - k'_j of the forward direction below the diagonal, of the backward one above, -inf on it."""
+def _exponent_block(E, work, lower, sl, fwd, bwd, masks=None):
+    """E = r_i - k'_j of the forward direction below the diagonal, of the backward one above, -inf on it.
+
+    ``masks``: ``lower`` and its complement as 0/1 floats, for finite exponents only
+    (the backward's): E_f * lower + E_b * upper is exact there and cheaper than the where.
+    """
     for buf, (r, kp) in ((E, fwd), (work, bwd)):
         _outer_difference(buf, r[sl], kp[sl])
-    torch.where(lower, E, work, out=E)
+    if masks is None:
+        torch.where(lower, E, work, out=E)
+    else:
+        E.mul_(masks[0]).addcmul_(work, masks[1])
     E.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
     return E
 
@@ -318,26 +325,25 @@ def _bidirectional_block_backward(M, dM, X, W, sl, dirs, dir_tensors, grads, out
     """
     (Cf, Bf, dtf, rf, kf, _Tf, _if), (Cb, Bb, dtb, rb, kb, _Tb, _ib) = dir_tensors
     lower = outside[dirs[1]]  # the lower triangle and the diagonal (which is -inf in E)
-    _exponent_block(X, W, lower, sl, (rf, kf), (rb, kb)).exp_()  # X = exp(E)
-    dts = (dtf[sl], dtb[sl])
-    # W[i, j] = dt_j of the direction owning (i, j): dt_b + [i >= j] (dt_f - dt_b), one pass (cheaper than a where)
     in_lower = lower.to(X.dtype)
-    torch.addcmul(dts[1].unsqueeze(-2), in_lower, (dts[0] - dts[1]).unsqueeze(-2), out=W)
+    masks = (in_lower, 1 - in_lower)
+    _exponent_block(X, W, lower, sl, (rf, kf), (rb, kb), masks).exp_()  # X = exp(E)
+    dts = (dtf[sl], dtb[sl])
+    # W[i, j] = dt_j of the direction owning (i, j); exact (one of the two terms is 0), cheaper than a where
+    torch.mul(dts[0].unsqueeze(-2), masks[0], out=W).addcmul_(dts[1].unsqueeze(-2), masks[1])
     cb = _combined_cb(sl, (Cf, Bf), (Cb, Bb), lower).unsqueeze(3)
     torch.mul(_by_group(X, g), cb, out=_by_group(M, g))  # M = CB exp(E)
     X.mul_(dM)  # dM exp(E)
     KC = dM.mul_(M)
     M.mul_(W)  # the block itself, for dx
     dcb = _by_group(X.mul_(W), g).sum(3)  # (s, b, G, Q, Q)
-    # the forward direction's part is below the diagonal, the backward one's the rest (KC's diagonal is 0)
+    # each direction's part of KC, exactly (a product with a 0/1 mask, then the rest; KC's diagonal is 0)
     below = torch.mul(KC, in_lower, out=W)
-    col_f = below.sum(-2)
-    col_b = KC.sum(-2) - col_f
-    rows = (_matvec(below, dts[0]), _matvec(KC, dts[1]) - _matvec(below, dts[1]))
-    for (C, B, *_), gr, dt_s, col, dr, dcb_d in zip(dir_tensors, grads, dts, (col_f, col_b), rows,
-                                                     (dcb.tril(-1), dcb.triu(1))):
+    above = KC.sub_(below)
+    for (C, B, *_), gr, dt_s, kc, dcb_d in zip(dir_tensors, grads, dts, (below, above), (dcb.tril(-1), dcb.triu(1))):
+        col = kc.sum(-2)
         gr[2][sl] += col
-        gr[3][sl] += dr
+        gr[3][sl] += _matvec(kc, dt_s)
         gr[4][sl] -= col * dt_s
         gr[0][sl] += dcb_d @ B[sl]
         gr[1][sl] += dcb_d.transpose(-1, -2) @ C[sl]
