@@ -25,6 +25,7 @@ from helpers import hydra_inputs, ssm_inputs
 LENGTHS = st.sampled_from([1, 2, 3, 5, 7, 8, 11, 13, 16, 17, 0])
 CHUNKS = st.sampled_from([1, 2, 3, 4, 5, 8, 64])
 EDGE_DT = st.sampled_from([0.0, 1e-30, 1e-300])
+DT_SCALES = st.sampled_from([1.0, 1e-3, 30.0])  # drawn per direction: one may be tiny, the other huge
 A_KINDS = {
     "moderate": lambda u: -(u + 0.1),
     "large": lambda u: -(5 * u + 1),  # with dt up to 30: dt * |A| up to 180 per step
@@ -39,13 +40,13 @@ def shapes(draw):
     h = g * draw(st.sampled_from([1, 2, 3]))
     return dict(b=draw(st.sampled_from([1, 2, 0])), l=draw(LENGTHS), h=h, p=draw(st.integers(1, 4)), g=g,
                 n=draw(st.integers(1, 5)), q=draw(CHUNKS), seed=draw(st.integers(0, 2 ** 16)),
-                dt_scale=draw(st.sampled_from([1.0, 1e-3, 30.0])), A=draw(st.sampled_from(list(A_KINDS))),
+                dt_scales=(draw(DT_SCALES), draw(DT_SCALES)), A=draw(st.sampled_from(list(A_KINDS))),
                 edge=draw(EDGE_DT), edge_fraction=draw(st.sampled_from([0.0, 0.3, 1.0])))
 
 
-def edge_dt(s, gen):
-    """(B, L, H) step sizes in [0, dt_scale), a fraction of them replaced by the edge value."""
-    dt = torch.rand(s["b"], s["l"], s["h"], generator=gen, dtype=torch.float64) * s["dt_scale"]
+def edge_dt(s, gen, scale):
+    """(B, L, H) step sizes in [0, scale), a fraction of them replaced by the edge value."""
+    dt = torch.rand(s["b"], s["l"], s["h"], generator=gen, dtype=torch.float64) * scale
     hit = torch.rand(dt.shape, generator=gen, dtype=torch.float64) < s["edge_fraction"]
     return dt.masked_fill(hit, s["edge"])
 
@@ -58,7 +59,7 @@ def scan_inputs(s, *, diag="none", requires_grad=False):
     def rnd(*shape):
         return torch.randn(*shape, generator=gen, dtype=torch.float64)
 
-    x, dt_f, dt_b = rnd(b, l, h, p), edge_dt(s, gen), edge_dt(s, gen)
+    x, dt_f, dt_b = rnd(b, l, h, p), edge_dt(s, gen, s["dt_scales"][0]), edge_dt(s, gen, s["dt_scales"][1])
     A = A_KINDS[s["A"]](torch.rand(h, generator=gen, dtype=torch.float64))
     B_f, C_f, B_b, C_b = (rnd(b, l, g, n) for _ in range(4))
     D = {"none": None, "head": rnd(h), "token": rnd(b, l, h)}[diag]
