@@ -20,11 +20,11 @@ from hydra_ssm.ops import (
 from helpers import hydra_inputs, ssm_inputs
 
 # Every strategy reaches the edges: batch 0, L = 0 and 1, chunks of 1 and longer than L,
-# dt exactly 0, 1e-30 and 1e-300 (at some or all positions), huge dt * |A| (decays that
+# dt exactly 0, 1e-30, 1e-40 and 1e-300 (at some or all positions), huge dt * |A| (decays that
 # underflow to 0), A exactly 0 or near 0.
 LENGTHS = st.sampled_from([1, 2, 3, 5, 7, 8, 11, 13, 16, 17, 0])
 CHUNKS = st.sampled_from([1, 2, 3, 4, 5, 8, 64])
-EDGE_DT = st.sampled_from([0.0, 1e-30, 1e-300])
+EDGE_DT = st.sampled_from([0.0, 1e-30, 1e-40, 1e-300])  # 1e-40: a float32 denormal
 DT_SCALES = st.sampled_from([1.0, 1e-3, 30.0])  # drawn per direction: one may be tiny, the other huge
 A_KINDS = {
     "moderate": lambda u: -(u + 0.1),
