@@ -16,6 +16,20 @@ Vandermonde (tiled)         :func:`vandermonde_mix`,               :func:`vander
                             :func:`dft_cos_mix`                    :func:`dft_cos_ref`, :func:`dft_cos_matrix`
 Cauchy (tiled)              :func:`cauchy_mix`                     :func:`cauchy_ref`, :func:`cauchy_matrix`
 ==========================  =====================================  ==========================
+
+Arguments of the scans (causal SSD and Hydra, fast paths and references alike),
+checked before any computation (details in ``_shapes``):
+
+* shapes are checked (``ValueError`` naming the argument); every tensor must be
+  floating point (``TypeError``: an integer ``x`` is not truncated silently) and
+  on x's device; floating dtypes may be mixed: the work is done in float64 if any
+  input is float64, else in float32, and the output has x's dtype;
+* ``dt`` must be >= 0 (``ValueError``); dt = 0 skips a position, exactly,
+  gradients included;
+* batch 0 or length 0 give an empty output of the right shape, with gradients;
+* NaN and inf are not looked for: they propagate. The ops are pure functions and
+  a check would cost a pass and a host synchronisation per call; the layers in
+  ``hydra_ssm.mixers`` check what they are given.
 """
 
 from .reference import (

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import torch
 
+from ._shapes import check_tensor
+
 #: elements of one (N, T, C) block; bounds the transient memory of a tile
 BLOCK_BUDGET = 1 << 20
 #: default rows per block
@@ -44,6 +46,10 @@ def tile_rows(batch: int, nheads: int, length: int, tile: int | None) -> int:
 
 
 def check_mix_args(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
+    """x (B, L, H, P); q, k (L, H, D) or (B|1, L, H, D); floating point, on x's device (see ``_shapes``)."""
+    check_tensor(x, "x")
+    check_tensor(q, "q", x.device)
+    check_tensor(k, "k", x.device)
     if x.dim() != 4:
         raise ValueError(f"x must be (batch, seqlen, nheads, headdim), got shape {tuple(x.shape)}")
     b, l, h, _ = x.shape

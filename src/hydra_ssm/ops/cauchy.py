@@ -104,6 +104,7 @@ def cauchy_matrix(q: torch.Tensor, k: torch.Tensor, tol: float = DEFAULT_TOL) ->
 
 def cauchy_ref(x, q, k, tol: float = DEFAULT_TOL):
     """Reference: explicit matrix, float64."""
+    check_mix_args(x, q, k)
     M = cauchy_matrix(q.double(), k.double(), tol)
     return torch.einsum("bhij,bjhp->bihp", M, x.double()).to(x.dtype)
 
@@ -115,6 +116,8 @@ def cauchy_mix(x, q, k, tol: float = DEFAULT_TOL, tile: int | None = None, col_t
     Works in float32 (float64 if any input is float64); returns x's dtype.
     """
     check_mix_args(x, q, k)
+    if x.numel() == 0:  # batch, length, heads or head dim 0: the reference gives the empty output
+        return cauchy_ref(x, q, k, tol)
     b, length, h, _ = x.shape
     work = work_dtype(x, q, k)
     rows, cols = tile_sizes(b * h, length, tile, col_tile)

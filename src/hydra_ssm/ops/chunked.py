@@ -140,8 +140,9 @@ def _decay_block(out: torch.Tensor, r, k, outside: torch.Tensor) -> torch.Tensor
 # disjoint, so the whole Q x Q block is one exponential:
 #     M[i, j] = CB[i, j] * exp(E[i, j]),   E[i, j] = r_i - k'_j,   k'_j = k_j - log dt_j
 # with (r, k', CB) of the forward direction below the diagonal and of the backward
-# direction above it. Folding dt into k' saves the separate dt pass.
-_TINY_DT = 1e-30
+# direction above it. Folding dt into k' saves the separate dt pass of the forward;
+# dt = 0 gives k' = +inf, an exact 0. The backward keeps dt as a factor (see
+# ``_bidirectional_block_backward``): the gradient of log dt would need a division by dt.
 
 
 def _is_bidirectional(dirs) -> bool:
@@ -149,8 +150,8 @@ def _is_bidirectional(dirs) -> bool:
 
 
 def _log_dt_shift(dt, k):
-    """k' = k - log(dt): exp(r - k') = exp(r - k) * dt; dt below 1e-30 counts as 0."""
-    return k - torch.log(dt.clamp_min(_TINY_DT)).to(k.dtype).masked_fill(dt <= _TINY_DT, float("-inf"))
+    """k' = k - log(dt): exp(r - k') = exp(r - k) * dt, exactly 0 where dt = 0 (dt >= 0 is checked by the callers)."""
+    return k - torch.log(dt).to(k.dtype)
 
 
 def _shifted_pairs(dirs, dir_tensors):
@@ -160,11 +161,18 @@ def _shifted_pairs(dirs, dir_tensors):
     return tuple((t[3], _log_dt_shift(t[2], t[4])) for t in dir_tensors)
 
 
-def _exponent_block(E, work, lower, sl, fwd, bwd):
-    """E = r_i - k'_j of the forward direction below the diagonal, of the backward one above, -inf on it."""
+def _exponent_block(E, work, lower, sl, fwd, bwd, masks=None):
+    """E = r_i - k'_j of the forward direction below the diagonal, of the backward one above, -inf on it.
+
+    ``masks``: ``lower`` and its complement as 0/1 floats, for finite exponents only
+    (the backward's): E_f * lower + E_b * upper is exact there and cheaper than the where.
+    """
     for buf, (r, kp) in ((E, fwd), (work, bwd)):
         _outer_difference(buf, r[sl], kp[sl])
-    torch.where(lower, E, work, out=E)
+    if masks is None:
+        torch.where(lower, E, work, out=E)
+    else:
+        E.mul_(masks[0]).addcmul_(work, masks[1])
     E.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
     return E
 
@@ -266,7 +274,7 @@ class _ChunkScan(torch.autograd.Function):
 
         # ---- inside the chunks, slab by slab; both directions share dM = dy x^T and dx += M^T dy
         outside = {d: _triangle(q, d, x.device) for d in dirs}
-        shifted = _shifted_pairs(dirs, dir_tensors)
+        bidirectional = _is_bidirectional(dirs)
         bufs = None
         for sl in _slabs(c, b * h * q * q):
             shape = (sl.stop - sl.start, b, h, q, q)
@@ -275,8 +283,8 @@ class _ChunkScan(torch.autograd.Function):
             M, dM, K, KC = bufs
             xs, dys = x[sl], dy[sl]
             _bmm_into(dM, dys, xs.transpose(-1, -2), False)  # dM = dy x^T
-            if shifted is not None:
-                _bidirectional_block_backward(M, dM, K, KC, sl, dirs, dir_tensors, grads, shifted, outside, g)
+            if bidirectional:
+                _bidirectional_block_backward(M, dM, K, KC, sl, dirs, dir_tensors, grads, outside, g)
                 _bmm_into(dx[sl], M.transpose(-1, -2), dys, True)  # dx += M^T dy
                 continue
             # one direction (the causal SSD)
@@ -292,7 +300,7 @@ class _ChunkScan(torch.autograd.Function):
             torch.mul(_by_group(K, g), CB, out=_by_group(KC, g))
             col = KC.sum(-2)  # sum_i KC[i, j]
             gr[2][sl] += col  # d dt_j (direct)
-            gr[3][sl] += (KC @ dts.unsqueeze(-1)).squeeze(-1)  # d r_i = sum_j KC_ij dt_j
+            gr[3][sl] += _matvec(KC, dts)  # d r_i = sum_j KC_ij dt_j
             gr[4][sl] -= col * dts  # d k_j
             dCB = _by_group(K.mul_(dts.unsqueeze(-2)), g).sum(3)  # (s, b, G, Q, Q)
             gr[0][sl] += dCB @ Bs
@@ -303,30 +311,47 @@ class _ChunkScan(torch.autograd.Function):
         return (None, None, from_chunks(dx, x_seq.shape[1]), *flat_grads)
 
 
-def _bidirectional_block_backward(M, dM, X, work, sl, dirs, dir_tensors, grads, shifted, outside, g):
-    """Gradients of the combined Hydra block M = CB * exp(E); leaves M in ``M`` for dx.
+def _bidirectional_block_backward(M, dM, X, W, sl, dirs, dir_tensors, grads, outside, g):
+    """Gradients of the combined Hydra block; leaves the block M in ``M`` for dx.
 
-    With G = dM * M: dr_i = sum_j G_ij and dk'_j = -sum_i G_ij over each direction's
-    triangle, d dt_j = -dk'_j / dt_j (from k' = k - log dt), dCB = sum over heads of dM * exp(E).
+    M = CB * exp(E) * dt_j with E = r_i - k_j (the unshifted log-decays) and dt_j the
+    step size of the direction owning (i, j). dt stays a factor here instead of being
+    folded into the exponent as in the forward pass, so that its gradient is
+    accumulated directly and is right at dt_j = 0 too. With KC = dM * CB * exp(E),
+    each sum over its own direction's triangle:
+
+        d dt_j = sum_i KC_ij,   dr_i = sum_j KC_ij dt_j,   dk_j = -dt_j d dt_j,
+        dCB    = sum over the group's heads of dM * exp(E) * dt_j.
     """
-    lower = outside[dirs[1]]
-    _exponent_block(X, work, lower, sl, *shifted).exp_()  # X = exp(E)
-    cb = _combined_cb(sl, dir_tensors[0][:2], dir_tensors[1][:2], lower).unsqueeze(3)
-    torch.mul(_by_group(X, g), cb, out=_by_group(M, g))
-    torch.mul(dM, X, out=work)
-    dcb = _by_group(work, g).sum(3)  # (s, b, G, Q, Q)
-    Gm = dM.mul_(M)  # dL/dE
-    below = Gm.tril(-1)  # the forward direction's part
-    rows, cols = Gm.sum(-1), Gm.sum(-2)
-    rows_f, cols_f = below.sum(-1), below.sum(-2)
-    parts = ((rows_f, cols_f, dcb.tril(-1)), (rows - rows_f, cols - cols_f, dcb.triu(1)))
-    for (C, B, dt, _r, _k, _T, _i), gr, (dr, col, dcb_d) in zip(dir_tensors, grads, parts):
-        dts = dt[sl]
-        gr[3][sl] += dr
-        gr[4][sl] -= col
-        gr[2][sl] += torch.where(dts > _TINY_DT, col / dts.clamp_min(_TINY_DT), 0.0)
+    (Cf, Bf, dtf, rf, kf, _Tf, _if), (Cb, Bb, dtb, rb, kb, _Tb, _ib) = dir_tensors
+    lower = outside[dirs[1]]  # the lower triangle and the diagonal (which is -inf in E)
+    in_lower = lower.to(X.dtype)
+    masks = (in_lower, 1 - in_lower)
+    _exponent_block(X, W, lower, sl, (rf, kf), (rb, kb), masks).exp_()  # X = exp(E)
+    dts = (dtf[sl], dtb[sl])
+    # W[i, j] = dt_j of the direction owning (i, j); exact (one of the two terms is 0), cheaper than a where
+    torch.mul(dts[0].unsqueeze(-2), masks[0], out=W).addcmul_(dts[1].unsqueeze(-2), masks[1])
+    cb = _combined_cb(sl, (Cf, Bf), (Cb, Bb), lower).unsqueeze(3)
+    torch.mul(_by_group(X, g), cb, out=_by_group(M, g))  # M = CB exp(E)
+    X.mul_(dM)  # dM exp(E)
+    KC = dM.mul_(M)
+    M.mul_(W)  # the block itself, for dx
+    dcb = _by_group(X.mul_(W), g).sum(3)  # (s, b, G, Q, Q)
+    # each direction's part of KC, exactly (a product with a 0/1 mask, then the rest; KC's diagonal is 0)
+    below = torch.mul(KC, in_lower, out=W)
+    above = KC.sub_(below)
+    for (C, B, *_), gr, dt_s, kc, dcb_d in zip(dir_tensors, grads, dts, (below, above), (dcb.tril(-1), dcb.triu(1))):
+        col = kc.sum(-2)
+        gr[2][sl] += col
+        gr[3][sl] += _matvec(kc, dt_s)
+        gr[4][sl] -= col * dt_s
         gr[0][sl] += dcb_d @ B[sl]
         gr[1][sl] += dcb_d.transpose(-1, -2) @ C[sl]
+
+
+def _matvec(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(..., Q, Q) @ (..., Q) -> (..., Q); einsum runs this as one reduction, far faster than a batched matmul."""
+    return torch.einsum("...ij,...j->...i", m, v)
 
 
 def _states_backward(d, tensors, dfinal, x, dy, dx, g, accumulate):

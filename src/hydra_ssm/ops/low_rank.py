@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import torch
 
+from ._shapes import check_tensor
+
 
 def _batched(t: torch.Tensor) -> torch.Tensor:
     return t[None] if t.dim() == 3 else t
 
 
 def _check(x, q, k):
+    for name, t in (("x", x), ("q", q), ("k", k)):
+        check_tensor(t, name, None if name == "x" else x.device)
     if x.dim() != 4:
         raise ValueError(f"x must be (batch, seqlen, nheads, headdim), got shape {tuple(x.shape)}")
     for name, t in (("q", q), ("k", k)):

@@ -6,7 +6,9 @@ Both compute, for x (B, L, H, P)::
 
 where SS is the causal SSD (``semiseparable_chunked``) and shift moves outputs
 one position later (row 0 gets zero). The explicit matrix is
-``reference.quasiseparable_matrix``.
+``reference.quasiseparable_matrix``. Arguments are checked as described in
+``_shapes`` (shapes, floating dtypes, devices, dt >= 0); batch 0 or length 0
+gives an empty output.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from ._layout import check_chunk_size, to_chunks
-from ._shapes import check_D, check_ssm_args, compute_dtype
+from ._shapes import check_hydra_args, compute_dtype
 from .chunked import Direction, chunk_scan, log_decays
-from .reference import _split_states
+from .reference import quasiseparable_ref
 from .semiseparable import semiseparable_chunked
 
 FORWARD = Direction(lower=True, strict=True)
@@ -25,13 +27,8 @@ BACKWARD = Direction(lower=False, strict=True)
 
 
 def _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, initial_states):
-    b, l, h, p, g, n = check_ssm_args(x, dt_fwd, A, B_fwd, C_fwd, prefix="fwd ")
-    check_ssm_args(x, dt_bwd, A, B_bwd, C_bwd, prefix="bwd ")
-    if B_bwd.shape != B_fwd.shape:
-        raise ValueError(f"B_bwd must have the shape of B_fwd {tuple(B_fwd.shape)}, got {tuple(B_bwd.shape)}")
     check_chunk_size(chunk_size)
-    check_D(D, b, l, h)
-    return (b, l, h, p, g, n), _split_states(initial_states, b, h, p, n)
+    return check_hydra_args(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states)
 
 
 def _add_diag(y, x, D):
@@ -46,7 +43,8 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
 
     Args:
         x: (B, L, H, P) values.
-        dt_fwd, dt_bwd: (B, L, H) step sizes of the two directions (>= 0).
+        dt_fwd, dt_bwd: (B, L, H) step sizes of the two directions (>= 0, checked;
+            0 skips a position).
         A: (H,) negative decay rates (shared by both directions).
         B_fwd, C_fwd, B_bwd, C_bwd: (B, L, G, N).
         D: None, (H,) or (B, L, H): the diagonal.
@@ -58,9 +56,12 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
     one matmul; forward states are carried left to right and backward states
     right to left in the same call, without flipped copies.
     Computed in float32 (float64 if any input is float64); output in x's dtype.
+    Batch 0 or length 0: an empty (B, L, H, P) output, through the reference.
     """
     (b, l, h, p, g, n), (s_fwd, s_bwd) = _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size,
                                                 initial_states)
+    if b == 0 or l == 0:  # nothing to scan; the reference gives the empty output and zero gradients
+        return quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states)
     out_dtype = x.dtype
     cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D)
     q = min(chunk_size, l)

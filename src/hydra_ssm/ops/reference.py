@@ -5,14 +5,16 @@ They are quadratic (or sequential) and meant for tests and for
 ``quasiseparable.py``.
 
 Layout: x (B, L, H, P), dt (B, L, H), A (H,), B/C (B, L, G, N); states
-(B, H, P, N). Head h uses group h // (H / G).
+(B, H, P, N). Head h uses group h // (H / G). Arguments are checked as by the
+fast paths (see ``_shapes``), so a reference accepts exactly what they accept;
+the ``*_matrix`` builders apply their formula to whatever they are given.
 """
 
 from __future__ import annotations
 
 import torch
 
-from ._shapes import check_D, check_ssm_args, check_state, compute_dtype, expand_groups
+from ._shapes import check_D, check_hydra_args, check_ssm_args, check_state, check_step_sizes, expand_groups
 
 
 def _log_decay_between(log_a: torch.Tensor) -> torch.Tensor:
@@ -43,7 +45,8 @@ def semiseparable_matrix(dt, A, B, C) -> torch.Tensor:
 def semiseparable_ref(x, dt, A, B, C, initial_states=None, return_final_states=False):
     """Causal SSD applied through its explicit matrix; computed in float64."""
     b, l, h, p, g, n = check_ssm_args(x, dt, A, B, C)
-    initial_states = check_state(initial_states, b, h, p, n, "initial_states")
+    initial_states = check_state(initial_states, b, h, p, n, "initial_states", x.device)
+    check_step_sizes(dt=dt)
     out_dtype = x.dtype
     x, dt, A, B, C = (t.double() for t in (x, dt, A, B, C))
     M = semiseparable_matrix(dt, A, B, C)
@@ -55,28 +58,30 @@ def semiseparable_ref(x, dt, A, B, C, initial_states=None, return_final_states=F
         y = y + torch.exp(cs)[..., None] * torch.einsum("bihn,bhpn->bihp", expand_groups(C, h), s0)
     if not return_final_states:
         return y.to(out_dtype)
-    # final[p, n] = sum_j exp(cs_last - cs_j) dt_j x_j B_j^T (+ exp(cs_last) s0)
-    w = torch.exp(cs[:, -1:] - cs) * dt  # (B, L, H)
+    # final[p, n] = sum_j exp(total - cs_j) dt_j x_j B_j^T (+ exp(total) s0)
+    total = log_a.sum(1)  # (B, H); 0 for an empty sequence
+    w = torch.exp(total[:, None] - cs) * dt  # (B, L, H)
     final = torch.einsum("bjh,bjhp,bjhn->bhpn", w, x, expand_groups(B, h))
     if initial_states is not None:
-        final = final + torch.exp(cs[:, -1])[..., None, None] * initial_states.double()
+        final = final + torch.exp(total)[..., None, None] * initial_states.double()
     return y.to(out_dtype), final.to(out_dtype)
 
 
 def semiseparable_loop(x, dt, A, B, C, initial_states=None):
     """The causal SSD as a plain per-token recurrence (float64). Returns (y, final_state)."""
     b, l, h, p, g, n = check_ssm_args(x, dt, A, B, C)
-    initial_states = check_state(initial_states, b, h, p, n, "initial_states")
+    initial_states = check_state(initial_states, b, h, p, n, "initial_states", x.device)
+    check_step_sizes(dt=dt)
     out_dtype = x.dtype
     x, dt, A, B, C = (t.double() for t in (x, dt, A, B, C))
     Bh, Ch = expand_groups(B, h), expand_groups(C, h)
     state = x.new_zeros(b, h, p, n) if initial_states is None else initial_states.double().clone()
-    ys = []
+    ys = [x.new_zeros(b, 0, h, p)]  # the output of an empty sequence
     for t in range(l):
         a = torch.exp(dt[:, t] * A)  # (B, H)
         state = a[..., None, None] * state + (dt[:, t, :, None, None] * x[:, t, :, :, None] * Bh[:, t, :, None, :])
-        ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t]))
-    return torch.stack(ys, dim=1).to(out_dtype), state.to(out_dtype)
+        ys.append(torch.einsum("bhpn,bhn->bhp", state, Ch[:, t])[:, None])
+    return torch.cat(ys, dim=1).to(out_dtype), state.to(out_dtype)
 
 
 def quasiseparable_matrix(dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None) -> torch.Tensor:
@@ -105,30 +110,18 @@ def quasiseparable_matrix(dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None)
     return Q
 
 
-def _split_states(initial_states, b, h, p, n):
-    if isinstance(initial_states, (tuple, list)):
-        if len(initial_states) != 2:
-            raise ValueError("initial_states must be a tensor or a (forward, backward) pair")
-        fwd, bwd = initial_states
-    else:
-        fwd = bwd = initial_states
-    return (check_state(fwd, b, h, p, n, "initial_states (forward)"),
-            check_state(bwd, b, h, p, n, "initial_states (backward)"))
-
-
 def quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, initial_states=None):
     """Hydra's quasiseparable mixer applied through its explicit matrix (float64).
 
     ``initial_states``: None, one (B, H, P, N) / (H, P, N) tensor used by both
     directions, or a (forward, backward) pair.
     """
-    b, l, h, p, g, n = check_ssm_args(x, dt_fwd, A, B_fwd, C_fwd, prefix="")
-    check_ssm_args(x, dt_bwd, A, B_bwd, C_bwd, prefix="")
-    s_fwd, s_bwd = _split_states(initial_states, b, h, p, n)
+    (b, l, h, p, g, n), (s_fwd, s_bwd) = check_hydra_args(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D,
+                                                         initial_states)
     out_dtype = x.dtype
     x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd = (
         t.double() for t in (x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd))
-    D = None if D is None else check_D(D, b, l, h).double()
+    D = None if D is None else D.double()
     Q = quasiseparable_matrix(dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D)
     y = torch.einsum("bhij,bjhp->bihp", Q, x)
     if s_fwd is not None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 
 from ._layout import check_chunk_size, to_chunks
-from ._shapes import check_ssm_args, check_state, compute_dtype
+from ._shapes import check_ssm_args, check_state, check_step_sizes, compute_dtype
 from .chunked import Direction, chunk_scan, log_decays
+from .reference import semiseparable_ref
 
 CAUSAL = Direction(lower=True, strict=False)
 
@@ -16,7 +17,7 @@ def semiseparable_chunked(x, dt, A, B, C, chunk_size: int = 64, initial_states=N
 
     Args:
         x: (B, L, H, P) values.
-        dt: (B, L, H) step sizes (>= 0; 0 means "skip this position").
+        dt: (B, L, H) step sizes (>= 0, checked; 0 means "skip this position").
         A: (H,) negative decay rates.
         B, C: (B, L, G, N) input / output projections; head h uses group h // (H / G).
         chunk_size: positions per chunk; any L is accepted.
@@ -24,10 +25,15 @@ def semiseparable_chunked(x, dt, A, B, C, chunk_size: int = 64, initial_states=N
         return_final_states: also return the (B, H, P, N) state after the last position.
 
     Computed in float32 (float64 if any input is float64); the output has x's dtype.
+    Arguments are checked as described in ``_shapes``. Batch 0 or length 0: an
+    empty output (and the initial state, or zeros, as the final state).
     """
     b, l, h, p, g, n = check_ssm_args(x, dt, A, B, C)
     check_chunk_size(chunk_size)
-    initial_states = check_state(initial_states, b, h, p, n, "initial_states")
+    initial_states = check_state(initial_states, b, h, p, n, "initial_states", x.device)
+    check_step_sizes(dt=dt)
+    if b == 0 or l == 0:  # nothing to scan; the reference gives the empty output and zero gradients
+        return semiseparable_ref(x, dt, A, B, C, initial_states, return_final_states)
     out_dtype = x.dtype
     cdt = compute_dtype(x, dt, A, B, C, initial_states)
     q = min(chunk_size, l)

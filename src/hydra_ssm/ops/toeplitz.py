@@ -10,13 +10,19 @@ from __future__ import annotations
 
 import torch
 
+from ._shapes import check_tensor
+
 
 def _check(x: torch.Tensor, kernel: torch.Tensor) -> None:
+    check_tensor(x, "x")
+    check_tensor(kernel, "kernel", x.device)
     if x.dim() != 4:
         raise ValueError(f"x must be (batch, seqlen, nheads, headdim), got shape {tuple(x.shape)}")
     b, l, h, _ = x.shape
-    if kernel.dim() not in (2, 3) or kernel.shape[-2:] != (h, 2 * l - 1):
-        raise ValueError(f"kernel must be (nheads, 2L-1) or (batch, nheads, 2L-1) = (.., {h}, {2 * l - 1}), got {tuple(kernel.shape)}")
+    lags = max(2 * l - 1, 0)
+    if kernel.dim() not in (2, 3) or kernel.shape[-2:] != (h, lags):
+        raise ValueError(f"kernel must be (nheads, 2L-1) or (batch, nheads, 2L-1) = (.., {h}, {lags}), "
+                         f"got {tuple(kernel.shape)}")
     if kernel.dim() == 3 and kernel.shape[0] not in (1, b):
         raise ValueError(f"kernel batch dimension {kernel.shape[0]} does not match x's batch {b}")
 
@@ -56,6 +62,8 @@ def toeplitz_fft(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     Computed in float32 (float64 if x or the kernel is float64); returns x's dtype.
     """
     _check(x, kernel)
+    if x.numel() == 0:  # batch, length, heads or head dim 0: the reference gives the empty output
+        return toeplitz_ref(x, kernel)
     b, l, h, p = x.shape
     work = torch.float64 if torch.float64 in (x.dtype, kernel.dtype) else torch.float32
     n = _fft_size(2 * l - 1)  # circular size >= 2L - 1: no aliasing on the L outputs we keep

@@ -36,6 +36,7 @@ import math
 
 import torch
 
+from ._shapes import check_tensor
 from ._tiled import check_mix_args, from_head_major, head_major, spans, tile_sizes, work_dtype
 
 TWO_PI = 2 * math.pi
@@ -149,6 +150,7 @@ def vandermonde_matrix(q: torch.Tensor, k: torch.Tensor, sign: float = -1.0) -> 
 
 def vandermonde_ref(x, q, k, sign: float = -1.0):
     """Reference: explicit matrix, float64."""
+    check_mix_args(x, q, k)
     M = vandermonde_matrix(q.double(), k.double(), sign)
     return torch.einsum("bhij,bjhp->bihp", M, x.double()).to(x.dtype)
 
@@ -160,6 +162,8 @@ def vandermonde_mix(x, q, k, sign: float = -1.0, tile: int | None = None, col_ti
     Works in float32 (float64 if any input is float64); returns x's dtype.
     """
     check_mix_args(x, q, k)
+    if x.numel() == 0:  # batch, length, heads or head dim 0: the reference gives the empty output
+        return vandermonde_ref(x, q, k, sign)
     b, length, h, _ = x.shape
     work = work_dtype(x, q, k)
     rows, cols = tile_sizes(b * h, length, tile, col_tile)
@@ -183,11 +187,14 @@ def dft_cos_ref(x: torch.Tensor, n: int) -> torch.Tensor:
 
 def dft_cos_mix(x: torch.Tensor, n: int) -> torch.Tensor:
     """Fast path: ``y_t = sum_l cos(2 pi t l / n) x_l`` = Re(DFT_n(x))[t], O(n log n)."""
+    check_tensor(x, "x")
     if x.dim() != 4:
         raise ValueError(f"x must be (batch, seqlen, nheads, headdim), got shape {tuple(x.shape)}")
     length = x.shape[1]
     if n < length:
         raise ValueError(f"the DFT size n={n} must be at least the sequence length {length}")
+    if x.numel() == 0:
+        return dft_cos_ref(x, n)
     work = torch.float64 if x.dtype == torch.float64 else torch.float32
     # rfft gives the non-negative frequencies; cos is even, so frequency t and n - t agree
     f = torch.fft.rfft(x.to(work), n=n, dim=1).real  # (B, n//2+1, H, P)
