@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
+def exporting() -> bool:
+    """True while ``torch.export`` or ``torch.onnx.export`` (dynamo or TorchScript-based) traces the code."""
+    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+
+
+def tracing() -> bool:
+    """True while a graph is traced (``torch.compile``, ``torch.export``, ``torch.onnx.export``): checks
+    that read tensor values on the host (a sync, and a branch on data) are skipped then."""
+    return torch.compiler.is_compiling() or exporting()
 
 
 def check_sequence_input(
@@ -32,7 +39,7 @@ def check_sequence_input(
         raise ValueError(f"{name} must have at least one position, got shape {tuple(u.shape)}")
     if not u.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {u.dtype}")
-    if check_finite and not _compiling() and not bool(torch.isfinite(u).all()):
+    if check_finite and not tracing() and not bool(torch.isfinite(u).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     if attention_mask is None:
         return None
@@ -41,9 +48,9 @@ def check_sequence_input(
     if attention_mask.shape != u.shape[:2]:
         raise ValueError(f"attention_mask must have shape (batch, seqlen) = {tuple(u.shape[:2])}, got {tuple(attention_mask.shape)}")
     if attention_mask.is_floating_point() or attention_mask.is_complex():
-        if not _compiling() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        if not tracing() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError("attention_mask must contain only 0 and 1 (or be a bool tensor)")
     elif attention_mask.dtype != torch.bool:
-        if not _compiling() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+        if not tracing() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError(f"attention_mask of dtype {attention_mask.dtype} must contain only 0 and 1")
     return attention_mask.to(device=u.device, dtype=torch.bool)

@@ -44,7 +44,7 @@ def check_D(D, b, l, h):
     """D may be None, (H,) or (B, L, H)."""
     if D is None:
         return None
-    if D.shape == (h,) or D.shape == (b, l, h):
+    if D.shape == (b, l, h) or D.shape == (h,):  # (B, L, H) first: no comparison of batch with nheads when tracing
         return D
     raise ValueError(f"D must have shape (nheads,) = {(h,)} or (batch, seqlen, nheads) = {(b, l, h)}, got {tuple(D.shape)}")
 
