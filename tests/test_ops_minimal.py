@@ -109,3 +109,12 @@ def test_segment_sums_and_exclusive_cumsum():
     torch.testing.assert_close(exclusive_cumsum(log_a), torch.tensor([[0.0, 0.5, -0.5, 1.5]], dtype=torch.float64))
     torch.testing.assert_close(exclusive_cumsum(log_a, reverse=True),
                                torch.tensor([[-2.0, -1.0, -3.0, 0.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("batch, seqlen", [(0, 5), (2, 0)])
+def test_minimal_empty_input(batch, seqlen):
+    args = hydra_inputs(batch, seqlen, 2, 3, 1, 4, requires_grad=True)
+    y = quasiseparable_minimal(*args, chunk_size=4)
+    assert y.shape == (batch, seqlen, 2, 3)
+    grads = torch.autograd.grad(y.sum(), [t for t in args if t is not None])
+    assert all(g.shape == t.shape for g, t in zip(grads, [t for t in args if t is not None]))

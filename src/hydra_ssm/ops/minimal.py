@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from ._shapes import compute_dtype, expand_groups
 from .quasiseparable import _check
+from .reference import quasiseparable_ref
 
 
 def exclusive_cumsum(log_a: torch.Tensor, reverse: bool = False) -> torch.Tensor:
@@ -83,6 +84,10 @@ def quasiseparable_minimal(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
     """
     (batch, seqlen, nheads, headdim, _, dstate), (state0_fwd, state0_bwd) = _check(
         x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, initial_states)
+    if any(isinstance(size, int) and size == 0 for size in (batch, seqlen)):
+        # Nothing to scan: the reference gives the empty output. (A dynamic size while tracing is no
+        # plain int: the graph keeps no branch on it.)
+        return quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states=initial_states)
     cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D)
     q = chunk_size
     # Padded length c Q with c = L // Q + 2 >= 2 chunks: no size in a traced graph can then be 1 or equal L,
