@@ -6,8 +6,9 @@ import torch
 
 
 def exporting() -> bool:
-    """True while ``torch.export`` or ``torch.onnx.export`` (dynamo or TorchScript-based) traces the code."""
-    return torch.compiler.is_exporting() or torch.onnx.is_in_onnx_export() or torch.jit.is_tracing()
+    """True while ``torch.export`` or ``torch.onnx.export`` traces the code: the dynamo ONNX exporter runs
+    torch.export, the TorchScript-based one the JIT tracer."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
 
 
 def tracing() -> bool:
