@@ -62,3 +62,20 @@ def test_torch_export_dynamic_length_equals_eager(with_mask):
         u, mask = padded_batch(b, l)
         args = (u, mask) if with_mask else (u,)
         torch.testing.assert_close(program.module()(*args), m(*args), rtol=1e-5, atol=1e-5)
+
+
+def test_torch_export_classifier_without_mask():
+    """The HF classifier exports on input_ids alone too (the mask-free graph), and runs at other lengths."""
+    pytest.importorskip("transformers")
+    from hydra_ssm.models import HydraConfig, HydraForSequenceClassification
+
+    torch.manual_seed(0)
+    config = HydraConfig(vocab_size=40, hidden_size=16, num_hidden_layers=1, d_state=4, headdim=8, chunk_size=4,
+                         num_labels=2, initializer_range=0.5)
+    model = HydraForSequenceClassification(config).eval()
+    ids = torch.randint(1, 40, (2, 9))
+    program = torch.export.export(model, (ids,), dynamic_shapes=({0: Dim("batch"), 1: Dim("seqlen")},))
+    for b, l in ((1, 1), (3, 17)):
+        ids = torch.randint(1, 40, (b, l))
+        with torch.no_grad():
+            torch.testing.assert_close(program.module()(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)

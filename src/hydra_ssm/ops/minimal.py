@@ -14,8 +14,8 @@ each direction, A (H,), and ``a[k] = exp(dt[k] A)``::
            + sum_{j>i} C_b[i+1] . B_b[j]  dt_b[j]  prod_{i<k<j} a_b[k]  x[j]     backward, strictly upper
            + D[i] x[i]                                                          diagonal
 
-Pad L up to c chunks of Q positions (x = 0, dt = 0 and B = C = 0 on the padding:
-no input, no decay, nothing read), then:
+Pad L to c = L // Q + 2 chunks of Q positions (x = 0, dt = 0 and B = C = 0 on
+the padding: no input, no decay, nothing read), then:
 
 1. inside each chunk, the Q x Q block of both triangles, applied with one matmul;
 2. per chunk, the state each direction hands on: forward to the next chunk,
@@ -73,7 +73,7 @@ def quasiseparable_minimal(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
         A: (H,) negative decay rates (shared by both directions).
         B_fwd, C_fwd, B_bwd, C_bwd: (B, L, G, N); head h uses group h // (H / G).
         D: None, (H,) or (B, L, H): the diagonal.
-        chunk_size: Q, positions per chunk; L is padded up to a multiple of Q.
+        chunk_size: Q, positions per chunk; L is padded to (L // Q + 2) Q positions.
         initial_states: None, a (B, H, P, N) / (H, P, N) state used by both
             directions, or a (forward, backward) pair. The forward state enters
             before position 0, the backward one after position L-1.
