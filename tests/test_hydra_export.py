@@ -79,3 +79,20 @@ def test_torch_export_classifier_without_mask():
         ids = torch.randint(1, 40, (b, l))
         with torch.no_grad():
             torch.testing.assert_close(program.module()(ids).logits, model(ids).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_onnx_layer_in_onnxruntime(tmp_path):
+    """The layer through the TorchScript-based ONNX exporter (seconds; the dynamo one, slower, is exercised on
+    the whole classifier in tests/journeys/test_journey_export.py), run by onnxruntime at other batch sizes
+    and lengths, padded."""
+    ort = pytest.importorskip("onnxruntime")
+    m = make()
+    u, mask = padded_batch(2, 11)
+    axes = {0: "batch", 1: "seqlen"}
+    torch.onnx.export(m, (u, mask), str(tmp_path / "hydra.onnx"), dynamo=False, input_names=["u", "mask"],
+                      output_names=["y"], dynamic_axes={"u": axes, "mask": axes})
+    session = ort.InferenceSession(str(tmp_path / "hydra.onnx"), providers=["CPUExecutionProvider"])
+    for b, l in ((1, 1), (3, 5), (3, 30)):
+        u, mask = padded_batch(b, l)
+        (y,) = session.run(None, {"u": u.numpy(), "mask": mask.numpy()})
+        torch.testing.assert_close(torch.from_numpy(y), m(u, mask), rtol=1e-4, atol=1e-4)
