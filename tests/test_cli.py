@@ -128,3 +128,15 @@ def test_default_job_plan_is_matched_and_small():
     assert width > 0 and abs(count_params(cfg, td, "mha", width) - target) / target < 0.005
     assert target < 2_000_000
     json.dumps(cfg.to_dict())
+
+
+def test_evaluate_takes_only_what_it_reads(tmp_path, capsys):
+    from hydra_ssm.cli import EVALUATE_OPTIONS
+    text = build_parser()._subparsers._group_actions[0].choices["evaluate"].format_help()
+    import re
+    listed = set(re.findall(r"^\s+--([a-z0-9-]+)", text, re.M))
+    assert listed == {"model", *(n.replace("_", "-") for n in EVALUATE_OPTIONS)}, listed
+    line = _err(capsys, ["evaluate", "--model", str(tmp_path), "--steps", "5", "--lr=1e-3"])
+    assert "evaluate does not take --steps, --lr=1e-3" in line and "--validation-file" in line
+    assert "unrecognized arguments: --nope" in _err(capsys, ["evaluate", "--model", str(tmp_path), "--nope"])
+    assert "not a model directory" in _err(capsys, ["evaluate", "--model", str(tmp_path)])

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
+import numbers
+from typing import Iterable
+
 import torch
 
 
@@ -17,6 +21,89 @@ def tracing() -> bool:
     return torch.compiler.is_compiling() or exporting()
 
 
+def did_you_mean(value, choices: Iterable[str], cutoff: float = 0.6) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to a mistyped ``value``
+    (difflib similarity at least ``cutoff``), or ``""``."""
+    if not isinstance(value, str):
+        return ""
+    close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1, cutoff=cutoff)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def check_choice(name: str, value, choices: Iterable) -> None:
+    """Raise a ValueError naming ``name`` unless ``value`` is one of ``choices``."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}{did_you_mean(value, choices)}")
+
+
+def check_options(owner: str, given: Iterable[str], accepted: Iterable[str]) -> None:
+    """Raise a ValueError for the first name in ``given`` that is not in ``accepted``,
+    naming the closest accepted one (``owner`` says whose options these are)."""
+    accepted = sorted(accepted)
+    for key in given:
+        if key not in accepted:
+            raise ValueError(f"unknown option {key!r} for {owner}{did_you_mean(key, accepted) or '.'} "
+                             f"Accepted options: {', '.join(accepted)}")
+
+
+def check_positive_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def check_bool(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def check_number(name: str, value, *, low=None, high=None, low_open=False, what="a number") -> None:
+    """``value`` a real number (not a bool) in [low, high] (``(low, high]`` with ``low_open``)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
+def check_probability(name: str, value) -> None:
+    check_number(name, value, low=0, high=1, what="a probability in [0, 1]")
+
+
+def check_float_dtype(dtype) -> None:
+    """``dtype`` argument of a layer: None or a floating-point torch dtype."""
+    if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating-point dtype (or None), got {dtype}")
+
+
+def check_index_tensor(name: str, t, shape: tuple | None = None) -> None:
+    """``t`` an integer tensor of rank 2 (batch, seqlen), of ``shape`` when given."""
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (batch, seqlen), got {type(t).__name__}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must have shape (batch, seqlen), got a {t.dim()}-D tensor of shape {tuple(t.shape)}")
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise ValueError(f"{name} must be an integer tensor, got {t.dtype}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def check_index_range(name: str, t: torch.Tensor, high: int, *, ignore: int | None = None) -> None:
+    """Every value of ``t`` in [0, high) (or equal to ``ignore``). Reads the values (one
+    host sync when they are fine), so it is skipped while compiling or exporting."""
+    if tracing() or t.numel() == 0:
+        return
+    ignored = None if ignore is None else t == ignore
+    values = t if ignored is None else t.masked_fill(ignored, 0)
+    if not bool(((values < 0) | (values >= high)).any()):
+        return
+    values = t if ignored is None else t[~ignored]
+    extra = f" or {ignore} (ignored)" if ignore is not None else ""
+    raise ValueError(f"{name} must be in [0, {high}){extra}, got values in [{int(values.min())}, {int(values.max())}]")
+
+
 def check_sequence_input(
     u: torch.Tensor,
     d_model: int,
@@ -24,11 +111,14 @@ def check_sequence_input(
     *,
     name: str = "u",
     check_finite: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor | None:
     """Validate ``u`` of shape (B, L, d_model) and an optional (B, L) mask.
 
-    Returns the mask as a boolean tensor (or None). Raises ValueError naming the
-    argument and what was expected.
+    With ``dtype`` (the layer's parameter dtype), ``u`` must have that dtype,
+    except under autocast, which picks the compute dtype itself. Returns the
+    mask as a boolean tensor (or None). Raises ValueError naming the argument
+    and what was expected.
     """
     if not isinstance(u, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor of shape (batch, seqlen, {d_model}), got {type(u).__name__}")
@@ -40,18 +130,23 @@ def check_sequence_input(
         raise ValueError(f"{name} must have at least one position, got shape {tuple(u.shape)}")
     if not u.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {u.dtype}")
+    if dtype is not None and u.dtype != dtype and not torch.is_autocast_enabled(u.device.type):
+        raise ValueError(f"{name} has dtype {u.dtype} but the layer's parameters are {dtype}: convert the input "
+                         f"(u.to({dtype})) or the layer (layer.to({u.dtype})), or run under torch.autocast")
     if check_finite and not tracing() and not bool(torch.isfinite(u).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     if attention_mask is None:
         return None
+    return check_mask(attention_mask, tuple(u.shape[:2]), u.device)
+
+
+def check_mask(attention_mask, shape: tuple, device=None) -> torch.Tensor:
+    """Validate a (batch, seqlen) mask of 0/1 (any dtype) or bool; returns it as a bool tensor on ``device``."""
     if not isinstance(attention_mask, torch.Tensor):
-        raise ValueError(f"attention_mask must be a torch.Tensor of shape {tuple(u.shape[:2])}, got {type(attention_mask).__name__}")
-    if attention_mask.shape != u.shape[:2]:
-        raise ValueError(f"attention_mask must have shape (batch, seqlen) = {tuple(u.shape[:2])}, got {tuple(attention_mask.shape)}")
-    if attention_mask.is_floating_point() or attention_mask.is_complex():
-        if not tracing() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError("attention_mask must contain only 0 and 1 (or be a bool tensor)")
-    elif attention_mask.dtype != torch.bool:
-        if not tracing() and not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
-            raise ValueError(f"attention_mask of dtype {attention_mask.dtype} must contain only 0 and 1")
-    return attention_mask.to(device=u.device, dtype=torch.bool)
+        raise ValueError(f"attention_mask must be a torch.Tensor of shape {tuple(shape)}, got {type(attention_mask).__name__}")
+    if tuple(attention_mask.shape) != tuple(shape):
+        raise ValueError(f"attention_mask must have shape (batch, seqlen) = {tuple(shape)}, got {tuple(attention_mask.shape)}")
+    if attention_mask.dtype != torch.bool and not tracing():
+        if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
+            raise ValueError(f"attention_mask of dtype {attention_mask.dtype} must contain only 0 and 1 (or be a bool tensor)")
+    return attention_mask.to(device=device, dtype=torch.bool)

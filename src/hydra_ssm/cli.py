@@ -31,13 +31,22 @@ def _fail(msg: str, code: int = 2) -> int:
     return code
 
 
-def _add_train_options(p: argparse.ArgumentParser) -> None:
+# the options of `train` that `evaluate` reads; the others (model, optimisation, ...) come from the saved run
+EVALUATE_OPTIONS = ("validation_file", "text_column", "text_pair_column", "label_column", "mask_prob", "batch_size",
+                    "eval_batches", "device", "threads", "bf16")
+
+
+def _add_train_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One ``--option`` per TrainConfig field (only ``names`` when given), plus ``--config`` for the full set."""
     from .train.config import TrainConfig
 
-    p.add_argument("--config", metavar="FILE", help="YAML (.yaml/.yml), TOML or JSON file of options (names as "
-                   "below, with _ or -); command-line options override it")
+    if names is None:
+        p.add_argument("--config", metavar="FILE", help="YAML (.yaml/.yml), TOML or JSON file of options (names as "
+                       "below, with _ or -); command-line options override it")
     groups = {}
     for f in fields(TrainConfig):
+        if names is not None and f.name not in names:
+            continue
         default = f.default if f.default is not MISSING else f.default_factory()
         section = {"task": "what to run", "train_file": "data", "hidden_size": "model", "steps": "optimisation",
                    "eval_every": "evaluation, logging, checkpoints"}.get(f.name)
@@ -45,7 +54,8 @@ def _add_train_options(p: argparse.ArgumentParser) -> None:
             groups["cur"] = p.add_argument_group(section)
         g = groups.get("cur", p)
         flag = "--" + f.name.replace("_", "-")
-        help_ = f.metadata["help"] + f" (default: {','.join(default) if isinstance(default, list) else default})"
+        shown = ",".join(default) if isinstance(default, list) else default
+        help_ = f.metadata["help"] + (f" (default: {shown})" if names is None else " (default: the saved run's value)")
         kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
         if isinstance(default, bool):
             g.add_argument(flag, nargs="?", const="true", metavar="BOOL", **kw)
@@ -67,11 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
                            if False else argparse.HelpFormatter)
         _add_train_options(p)
     p = sub.add_parser("evaluate", help="evaluate a saved model on its task's validation data",
-                       description="Evaluate a saved model directory (RUN/model or RUN/checkpoints/step-N) on the "
-                                   "validation data of the task it was trained on; prints JSON. Options of 'train' "
-                                   "(e.g. --validation-file, --batch-size, --eval-batches) override the saved ones.")
+                       description="Evaluate a saved model directory (RUN/<task>/<mixer>/model or a checkpoint) on "
+                                   "the validation data of the task it was trained on, or on --validation-file; "
+                                   "prints JSON. Texts are encoded by the model's saved tokenizer with truncation "
+                                   "to its model_max_length, as pipelines do with truncation=True. The options "
+                                   "below override the saved run's; everything else comes from its "
+                                   "train_config.json.")
     p.add_argument("--model", required=True, metavar="DIR", help="model directory (config.json + model.safetensors)")
-    _add_train_options(p)
+    _add_train_options(p, EVALUATE_OPTIONS)
     for name, (_, desc) in PASSTHROUGH.items():
         sub.add_parser(name, help=desc, add_help=False, description=desc)
     return parser
@@ -92,10 +105,21 @@ def main(argv: list[str] | None = None) -> int:
                          "is this an older install? try: pip install -e '.[train]'")
         return mod.main(argv[1:]) or 0
     parser = build_parser()
-    ns = parser.parse_args(argv)
-    if ns.command is None:
+    ns, unknown = parser.parse_known_args(argv)
+    if ns.command is None and not unknown:
         parser.print_help()
         return 0
+    if unknown:
+        flags = [a for a in unknown if a.startswith("-")] or unknown
+        if ns.command == "evaluate":
+            from .train.config import FIELDS
+            training = [a for a in flags if a.lstrip("-").split("=")[0].replace("-", "_") in FIELDS]
+            if training:
+                return _fail(f"evaluate does not take {', '.join(training)} (an option of training: the saved run's "
+                             f"value is used); it takes --model and "
+                             + ", ".join("--" + n.replace("_", "-") for n in EVALUATE_OPTIONS))
+        hint = f"{PROG} {ns.command} --help" if ns.command else f"{PROG} --help"
+        return _fail(f"unrecognized arguments: {' '.join(unknown)} (see '{hint}')")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")        # nothing is ever downloaded
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -110,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             from .train.config import coerce
             from .train.runner import evaluate_model
 
-            over = {k: coerce(k, v) for k, v in {**file_values, **_overrides(ns)}.items()}
+            over = {k: coerce(k, v) for k, v in _overrides(ns).items()}
             print(json.dumps(evaluate_model(ns.model, over), indent=2))
             return 0
         cfg = build_config(file_values, _overrides(ns))

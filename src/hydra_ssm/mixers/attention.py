@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .._checks import check_sequence_input
+from .._checks import check_bool, check_float_dtype, check_positive_int, check_probability, check_sequence_input
 from .registry import SequenceMixer, register_mixer
 
 
@@ -22,11 +22,20 @@ class MultiHeadAttention(SequenceMixer):
         num_heads: number of heads; ``d_model`` must be divisible by it.
         bias: whether the projections have biases.
         dropout: attention dropout probability (training only).
+
+    Inputs: ``u`` must have the parameters' dtype, except under
+    ``torch.autocast`` (no silent conversion). A batch of 0 sequences returns
+    an empty output; ``L = 0`` is an error.
     """
 
     def __init__(self, d_model: int, num_heads: int = 8, bias: bool = True, dropout: float = 0.0,
                  layer_idx=None, device=None, dtype=None):
         super().__init__()
+        check_positive_int("d_model", d_model)
+        check_positive_int("num_heads", num_heads)
+        check_probability("dropout", dropout)
+        check_float_dtype(dtype)
+        check_bool("bias", bias)
         if d_model % num_heads != 0:
             raise ValueError(f"d_model ({d_model}) must be divisible by num_heads ({num_heads})")
         factory = {"device": device, "dtype": dtype}
@@ -41,7 +50,7 @@ class MultiHeadAttention(SequenceMixer):
         return q, k, v
 
     def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        mask = check_sequence_input(u, self.d_model, attention_mask)
+        mask = check_sequence_input(u, self.d_model, attention_mask, dtype=self.qkv.weight.dtype)
         q, k, v = self._qkv(u)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=_key_mask(mask),
                                            dropout_p=self.dropout if self.training else 0.0)
@@ -49,7 +58,7 @@ class MultiHeadAttention(SequenceMixer):
         return out if mask is None else out * mask[..., None].to(out.dtype)
 
     def materialize(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        mask = check_sequence_input(u, self.d_model, attention_mask)
+        mask = check_sequence_input(u, self.d_model, attention_mask, dtype=self.qkv.weight.dtype)
         q, k, _ = self._qkv(u)
         scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
         if mask is not None:

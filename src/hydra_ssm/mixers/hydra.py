@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .._checks import check_sequence_input, exporting, tracing
+from .._checks import (check_bool, check_choice, check_float_dtype, check_number, check_positive_int,
+                       check_sequence_input, exporting, tracing)
 from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_minimal, quasiseparable_two_pass
 from .norm import GatedRMSNorm
 from .registry import SequenceMixer, register_mixer
@@ -21,6 +23,17 @@ def scan_for(scan_impl: str):
     """The scan to run: the loop-free ``minimal`` one while ``torch.export`` / ``torch.onnx.export``
     trace the layer (one graph for every length, no in-place writes), else ``scan_impl``'s."""
     return quasiseparable_minimal if exporting() else SCAN_IMPLS[scan_impl]
+
+
+ACTIVATIONS = ("silu", "swish")
+
+
+def check_dt_limit(dt_limit) -> None:
+    """``dt_limit``: a pair (low, high) of numbers with 0 <= low < high (high may be inf)."""
+    ok = isinstance(dt_limit, (tuple, list)) and len(dt_limit) == 2 and all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) for v in dt_limit)
+    if not ok or not 0 <= dt_limit[0] < dt_limit[1]:
+        raise ValueError(f"dt_limit must be a pair (low, high) with 0 <= low < high, got {dt_limit!r}")
 
 
 def check_contiguous_mask(mask: torch.Tensor) -> None:
@@ -57,6 +70,11 @@ class Hydra(SequenceMixer):
     d_state = headdim = 64; the reference module uses 256, tuned for its GPU
     kernels, and any value may be passed.
     ``use_mem_eff_path`` is accepted for compatibility and has no effect.
+
+    Inputs: ``u`` must have the parameters' dtype (a float32 layer does not
+    silently run a float64 or bfloat16 input; convert one or the other), except
+    under ``torch.autocast``, which chooses the compute dtype. A batch of 0
+    sequences returns an empty ``(0, L, d_model)`` output; ``L = 0`` is an error.
     """
 
     def __init__(
@@ -87,8 +105,10 @@ class Hydra(SequenceMixer):
         factory = {"device": device, "dtype": dtype}
         for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand),
                             ("headdim", headdim), ("ngroups", ngroups), ("chunk_size", chunk_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            check_positive_int(name, value)
+        check_float_dtype(dtype)
+        for name, value in (("learnable_init_states", learnable_init_states), ("bias", bias), ("conv_bias", conv_bias)):
+            check_bool(name, value)
         if d_conv % 2 == 0:
             raise ValueError(f"d_conv must be odd so the non-causal convolution keeps the length, got {d_conv}")
         if (expand * d_model) % headdim != 0:
@@ -96,14 +116,16 @@ class Hydra(SequenceMixer):
         nheads = expand * d_model // headdim
         if nheads % ngroups != 0:
             raise ValueError(f"the number of heads ({nheads}) must be divisible by ngroups ({ngroups})")
-        if activation not in ("silu", "swish"):
-            raise ValueError(f"activation must be 'silu' or 'swish', got {activation!r}")
-        if not (0 < dt_min <= dt_max):
+        check_choice("activation", activation, ACTIVATIONS)
+        check_number("dt_min", dt_min, low=0, low_open=True, what="a positive number")
+        check_number("dt_max", dt_max, low=0, low_open=True, what="a positive number")
+        if not dt_min <= dt_max:
             raise ValueError(f"need 0 < dt_min <= dt_max, got dt_min={dt_min}, dt_max={dt_max}")
-        if len(dt_limit) != 2 or not dt_limit[0] < dt_limit[1]:
-            raise ValueError(f"dt_limit must be a pair (low, high) with low < high, got {dt_limit!r}")
-        if scan_impl not in SCAN_IMPLS:
-            raise ValueError(f"scan_impl must be one of {sorted(SCAN_IMPLS)}, got {scan_impl!r}")
+        check_number("dt_init_floor", dt_init_floor, low=0, what="a non-negative number")
+        check_dt_limit(dt_limit)
+        if conv_init is not None:
+            check_number("conv_init", conv_init, low=0, low_open=True, what="a positive number or None")
+        check_choice("scan_impl", scan_impl, sorted(SCAN_IMPLS))
 
         self.d_model = d_model
         self.d_state = d_state
@@ -141,7 +163,7 @@ class Hydra(SequenceMixer):
         self.dt_bias._no_weight_decay = True
         self.A_log = nn.Parameter(torch.zeros(nheads, device=device, dtype=dtype))  # A = -exp(A_log) = -1
         self.A_log._no_weight_decay = True
-        self.D = nn.Parameter(torch.ones(nheads, device=device))
+        self.D = nn.Parameter(torch.ones(nheads, **factory))
         self.D._no_weight_decay = True
         self.fc_D = nn.Linear(self.d_inner, nheads, bias=False, **factory)
         self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, **factory)
@@ -181,7 +203,7 @@ class Hydra(SequenceMixer):
         return F.linear(rearrange(x, "b l h p -> b l (h p)"), self.fc_D.weight, self.D.to(x.dtype))
 
     def _check(self, u, attention_mask):
-        mask = check_sequence_input(u, self.d_model, attention_mask)
+        mask = check_sequence_input(u, self.d_model, attention_mask, dtype=self.in_proj.weight.dtype)
         if mask is not None:
             check_contiguous_mask(mask)
         return mask
@@ -189,6 +211,8 @@ class Hydra(SequenceMixer):
     # ---------------------------------------------------------------- forward
     def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = self._check(u, attention_mask)
+        if not tracing() and u.shape[0] == 0:  # no sequences: an empty output, still attached to out_proj for autograd
+            return self.out_proj(u.new_zeros(0, u.shape[1], self.d_inner))
         z, x, B_f, C_f, B_b, C_b, dt_f, dt_b = self._value_stream(u, mask)
         init = self.init_states if self.learnable_init_states else None
         y = scan_for(self.scan_impl)(x, dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x),
@@ -204,6 +228,8 @@ class Hydra(SequenceMixer):
         norm, gate and out_proj. Learnable initial states, if any, add an
         affine term that is not part of the matrix."""
         mask = self._check(u, attention_mask)
+        if u.shape[0] == 0:
+            return u.new_zeros(0, self.nheads, u.shape[1], u.shape[1])
         _, x, B_f, C_f, B_b, C_b, dt_f, dt_b = self._value_stream(u, mask)
         return quasiseparable_matrix(dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x))
 

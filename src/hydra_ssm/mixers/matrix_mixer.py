@@ -37,15 +37,24 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .._checks import check_sequence_input
+from .._checks import (
+    check_bool,
+    check_choice,
+    check_float_dtype,
+    check_number,
+    check_options,
+    check_positive_int,
+    check_sequence_input,
+    did_you_mean,
+)
 from ..ops import quasiseparable_chunked, quasiseparable_matrix, semiseparable_chunked, semiseparable_matrix
 from ..ops.cauchy import cauchy_matrix, cauchy_mix
 from ..ops.low_rank import low_rank_matrix, low_rank_mix
 from ..ops.toeplitz import toeplitz_fft, toeplitz_matrix
 from ..ops.vandermonde import dft_cos_matrix, dft_cos_mix, vandermonde_matrix, vandermonde_mix
-from .hydra import check_contiguous_mask
+from .hydra import ACTIVATIONS, check_contiguous_mask
 from .norm import GatedRMSNorm
-from .registry import SequenceMixer, get_mixer_class, register_mixer
+from .registry import SequenceMixer, accepted_options, get_mixer_class, register_mixer
 
 __all__ = [
     "MatrixMixer",
@@ -112,6 +121,11 @@ class MatrixMixer(SequenceMixer):
     the ``(B, H, L, L)`` matrix applied to the value stream ``v`` (after conv
     and activation), so ``forward`` equals ``out_proj(norm(M @ v, z))``.
 
+    Inputs: ``u`` must have the parameters' dtype, except under
+    ``torch.autocast`` (no silent conversion). A batch of 0 sequences returns
+    an empty ``(0, L, d_model)`` output; ``L = 0`` is an error. Unknown options
+    raise a ValueError naming the closest accepted one.
+
     Writing a new class: subclass, register, declare sizes, implement ``mix``
     (and ``matrix``); see docs/mixers.md.
     """
@@ -158,7 +172,9 @@ class MatrixMixer(SequenceMixer):
             except ValueError:
                 sub = None
             if sub is None or not issubclass(sub, MatrixMixer) or sub is MatrixMixer:
-                raise ValueError(f"unknown matrix_mixer_type {name!r}; known types: {', '.join(matrix_mixer_types())}")
+                known = matrix_mixer_types()
+                raise ValueError(f"unknown matrix_mixer_type {name!r}{did_you_mean(name, known) or ';'} "
+                                 f"known types: {', '.join(known)}")
             cls = sub
         return super().__new__(cls)
 
@@ -203,11 +219,12 @@ class MatrixMixer(SequenceMixer):
         name = cls.mixer_name
         if matrix_mixer_type is not None and matrix_mixer_type != name:
             raise ValueError(f"{cls.__name__} is the {name!r} mixer, got matrix_mixer_type={matrix_mixer_type!r}")
-        unknown = sorted(set(options) - set(cls.options))
-        if unknown:
-            raise ValueError(f"unknown option(s) for the {name!r} mixer: {', '.join(unknown)}")
+        check_options(f"the {name!r} mixer", options, accepted_options(cls))
         for key, default in cls.options.items():
-            setattr(self, key, options.get(key, default))
+            value = options.get(key, default)
+            if isinstance(default, bool):
+                check_bool(key, value)
+            setattr(self, key, value)
         if is_data_dependent is None:
             is_data_dependent = "sam" in cls.forms
         if not isinstance(is_data_dependent, bool):
@@ -218,8 +235,12 @@ class MatrixMixer(SequenceMixer):
             raise ValueError(f"the {name!r} mixer has no {what} form (is_data_dependent={is_data_dependent})")
         for arg, value in (("d_model", d_model), ("qk_dim", qk_dim), ("d_conv", d_conv), ("expand", expand),
                            ("headdim", headdim), ("chunk_size", chunk_size)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{arg} must be a positive integer, got {value!r}")
+            check_positive_int(arg, value)
+        check_float_dtype(dtype)
+        check_bool("bias", bias)
+        check_bool("conv_bias", conv_bias)
+        if conv_init is not None:
+            check_number("conv_init", conv_init, low=0, low_open=True, what="a positive number or None")
         if max_seq_len is not None and (not isinstance(max_seq_len, int) or isinstance(max_seq_len, bool) or max_seq_len <= 0):
             raise ValueError(f"max_seq_len must be a positive integer or None, got {max_seq_len!r}")
         if max_seq_len is None and (not is_data_dependent or cls.scale_uses_max_seq_len):
@@ -230,8 +251,7 @@ class MatrixMixer(SequenceMixer):
             raise ValueError(f"d_conv must be odd so the non-causal convolution keeps the length, got {d_conv}")
         if (expand * d_model) % headdim != 0:
             raise ValueError(f"expand * d_model ({expand} * {d_model} = {expand * d_model}) must be divisible by headdim ({headdim})")
-        if activation not in ("silu", "swish"):
-            raise ValueError(f"activation must be 'silu' or 'swish', got {activation!r}")
+        check_choice("activation", activation, ACTIVATIONS)
 
         factory = {"device": device, "dtype": dtype}
         self.matrix_mixer_type = name
@@ -267,7 +287,7 @@ class MatrixMixer(SequenceMixer):
 
     # ---- shared plumbing ------------------------------------------------------------
     def _check(self, u, attention_mask):
-        mask = check_sequence_input(u, self.d_model, attention_mask)
+        mask = check_sequence_input(u, self.d_model, attention_mask, dtype=self.in_proj.weight.dtype)
         if not self.is_data_dependent and u.shape[1] > self.max_seq_len:
             raise ValueError(f"sequence length {u.shape[1]} exceeds max_seq_len={self.max_seq_len} of the "
                              f"data-independent {self.matrix_mixer_type!r} mixer")
@@ -294,6 +314,8 @@ class MatrixMixer(SequenceMixer):
 
     def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = self._check(u, attention_mask)
+        if u.shape[0] == 0:  # no sequences: an empty output, still attached to out_proj for autograd
+            return self.out_proj(u.new_zeros(0, u.shape[1], self.d_inner))
         shift = None
         if mask is not None:
             shift = _rotation(mask)
@@ -309,6 +331,8 @@ class MatrixMixer(SequenceMixer):
         """The (B, H, L, L) matrix applied per head to the value stream v
         (after conv and activation); rows and columns of padded positions are zero."""
         mask = self._check(u, attention_mask)
+        if u.shape[0] == 0:
+            return u.new_zeros(0, self.nheads, u.shape[1], u.shape[1])
         if mask is None:
             _, v, feats = self._streams(u, None)
             return self.matrix(v, feats, None)
@@ -406,8 +430,10 @@ class ToeplitzMixer(MatrixMixer):
 
     def init_params(self, inner, factory):
         if not self.is_data_dependent:
+            # at least float32, as in the reference (the FFT runs in float32 or float64)
+            dtype = torch.promote_types(factory["dtype"] or torch.float32, torch.float32)
             inner.conv_params = nn.Parameter(torch.empty(self.nheads, 2 * self.max_seq_len - 1,
-                                                         dtype=torch.float32, device=factory["device"]))
+                                                         dtype=dtype, device=factory["device"]))
             nn.init.xavier_uniform_(inner.conv_params)
 
     def _kernel(self, feats, mask, length):
@@ -440,11 +466,48 @@ class ToeplitzMixer(MatrixMixer):
 
 class _DFTHolder(nn.Module):
     """Holds the state_dict entry ``dft_matrix`` (max_seq_len x max_seq_len cosines)
-    without keeping it in memory: saved on demand, checked and dropped on load."""
+    without keeping it in memory: saved on demand, checked and dropped on load.
+
+    Two loaders reach it: ``nn.Module.load_state_dict`` (through
+    ``_load_from_state_dict``) and transformers' ``from_pretrained``, which
+    reads ``holder.dft_matrix`` for its shape and then assigns the loaded
+    tensor to it; both check the tensor against the DFT and keep nothing.
+    """
 
     def __init__(self, n: int):
         super().__init__()
         self.n = n
+
+    def _mismatch(self, key: str, value: torch.Tensor) -> str | None:
+        """Why ``value`` cannot stand for the DFT entry ``key``, or None when it is that DFT."""
+        if tuple(value.shape) != (self.n, self.n):
+            return f"size mismatch for {key}: expected {(self.n, self.n)}, got {tuple(value.shape)}"
+        if value.device.type == "meta":
+            return None
+        # this layer always applies the exact DFT: a stored matrix that is not that DFT would be silently replaced
+        err, tol = float("inf"), 0.0
+        if value.is_floating_point():
+            expected = dft_cos_matrix(self.n, self.n, value.device, torch.float64)
+            err = float((value.detach().to(torch.float64) - expected).abs().max())
+            tol = max(1e-3, 4 * torch.finfo(value.dtype).eps)  # rounding of a saved low-precision copy
+        if err <= tol:
+            return None
+        return (f"{key} differs from the cosine DFT of size {self.n} (max abs difference {err:.3g}): the "
+                "vandermonde mixer with is_dft=True always applies the exact DFT, so this state_dict "
+                "holds a different matrix (a corrupted file, or a layer trained with a learned matrix)")
+
+    def __getattr__(self, name):
+        if name == "dft_matrix":  # shape only, for loaders that compare shapes before assigning
+            return torch.empty(self.n, self.n, device="meta")
+        return super().__getattr__(name)
+
+    def __setattr__(self, name, value):
+        if name == "dft_matrix":  # a loader assigning the stored entry: check it, keep nothing
+            problem = self._mismatch(name, value)
+            if problem:
+                raise ValueError(problem)
+            return
+        super().__setattr__(name, value)
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -453,9 +516,9 @@ class _DFTHolder(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         key = prefix + "dft_matrix"
         if key in state_dict:
-            value = state_dict.pop(key)
-            if tuple(value.shape) != (self.n, self.n):
-                error_msgs.append(f"size mismatch for {key}: expected {(self.n, self.n)}, got {tuple(value.shape)}")
+            problem = self._mismatch(key, state_dict.pop(key))
+            if problem:
+                error_msgs.append(problem)
         elif strict:
             missing_keys.append(key)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
@@ -541,7 +604,7 @@ class CauchyMixer(_QKFeatures, MatrixMixer):
 
     def init_params(self, inner, factory):
         if self.is_data_dependent:
-            inner.bias = nn.Parameter(torch.tensor(0.5))
+            inner.bias = nn.Parameter(torch.tensor(0.5, **factory))
         else:
             self._init_learned_qk(inner, factory)
 
@@ -663,7 +726,7 @@ class _SSMMixin:
         inner.dt_bias._no_weight_decay = True
         inner.A_log = nn.Parameter(torch.zeros(self.nheads, device=factory["device"], dtype=factory["dtype"]))
         inner.A_log._no_weight_decay = True
-        inner.D = nn.Parameter(torch.ones(self.nheads, device=factory["device"]))
+        inner.D = nn.Parameter(torch.ones(self.nheads, **factory))
         inner.D._no_weight_decay = True
 
     def _A(self):

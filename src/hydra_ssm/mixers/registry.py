@@ -21,6 +21,8 @@ from typing import Callable, TypeVar
 import torch
 from torch import nn
 
+from .._checks import check_options, did_you_mean
+
 _MIXERS: dict[str, type["SequenceMixer"]] = {}
 
 T = TypeVar("T", bound=type)
@@ -62,21 +64,36 @@ def get_mixer_class(name: str) -> type[SequenceMixer]:
     """The class registered under ``name``; a ValueError lists the known names otherwise."""
     try:
         return _MIXERS[name]
-    except KeyError:
-        raise ValueError(f"unknown mixer {name!r}; registered mixers: {', '.join(sorted(_MIXERS))}") from None
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown mixer {name!r}{did_you_mean(name, _MIXERS) or ';'} registered mixers: "
+                         f"{', '.join(sorted(_MIXERS))}") from None
+
+
+def accepted_options(cls: type) -> set[str] | None:
+    """Keyword arguments ``cls(...)`` accepts besides ``d_model``, read from its
+    signature; None when it takes ``**kwargs`` (then it checks them itself)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {k for k, p in params.items() if k not in ("self", "d_model") and p.kind is not inspect.Parameter.VAR_POSITIONAL}
 
 
 def build_mixer(name: str, d_model: int, *, strict: bool = True, **kwargs) -> SequenceMixer:
     """Instantiate the mixer registered under ``name``.
 
-    With ``strict=False`` the keyword arguments the class does not accept are
-    dropped, so one bundle of options (a model config) can build any mixer.
+    An option the class does not accept raises a ValueError naming the closest
+    accepted one. With ``strict=False``, options that the class does not accept
+    but another registered mixer does are dropped, so one bundle of options can
+    build any mixer; a name no registered mixer accepts (a typo) still raises.
     """
     cls = get_mixer_class(name)
-    if not strict:
-        params = inspect.signature(cls.__init__).parameters
-        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-            kwargs = {k: v for k, v in kwargs.items() if k in params}
+    accepted = accepted_options(cls)
+    if accepted is not None:
+        if not strict:
+            known = set().union(*(accepted_options(c) or () for c in _MIXERS.values()))
+            check_options("any registered mixer", kwargs, known)
+            kwargs = {k: v for k, v in kwargs.items() if k in accepted}
+        check_options(f"the {name!r} mixer", kwargs, accepted)
     return cls(d_model=d_model, **kwargs)
 
 

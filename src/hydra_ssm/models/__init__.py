@@ -1,10 +1,11 @@
 """Hydra encoders as HuggingFace transformers models (needs the ``hf`` extra).
 
-Importing this package registers the "hydra" model type with the transformers
-Auto classes (AutoConfig, AutoModel, AutoModelForMaskedLM,
-AutoModelForSequenceClassification, AutoModelForTokenClassification,
-AutoModelForImageClassification). ``import hydra_ssm`` alone does not import
-transformers.
+Importing this package (which ``import hydra_ssm`` does whenever transformers is
+importable) registers the model types with the transformers Auto classes:
+"hydra" (text: AutoConfig, AutoModel, AutoModelForMaskedLM,
+AutoModelForSequenceClassification, AutoModelForTokenClassification) and
+"hydra_vision" (images: AutoConfig, AutoModel, AutoModelForImageClassification,
+AutoImageProcessor).
 """
 
 try:
@@ -15,14 +16,17 @@ except ImportError as err:  # pragma: no cover - depends on the environment
 
 from transformers import (
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForImageClassification,
     AutoModelForMaskedLM,
     AutoModelForSequenceClassification,
     AutoModelForTokenClassification,
 )
+from transformers.utils import is_vision_available
 
-from .configuration_hydra import HydraConfig
+from .configuration_hydra import HydraConfig, HydraVisionConfig
+from .image_processing_hydra import HydraImageProcessor
 from .modeling_hydra import (
     HydraForImageClassification,
     HydraForMaskedLM,
@@ -36,20 +40,27 @@ from .modeling_hydra import (
 
 def _register() -> None:
     AutoConfig.register(HydraConfig.model_type, HydraConfig, exist_ok=True)
-    for auto, cls in (
-        (AutoModel, HydraModel),
-        (AutoModelForMaskedLM, HydraForMaskedLM),
-        (AutoModelForSequenceClassification, HydraForSequenceClassification),
-        (AutoModelForTokenClassification, HydraForTokenClassification),
-        (AutoModelForImageClassification, HydraForImageClassification),
+    AutoConfig.register(HydraVisionConfig.model_type, HydraVisionConfig, exist_ok=True)
+    for auto, config_class, cls in (
+        (AutoModel, HydraConfig, HydraModel),
+        (AutoModelForMaskedLM, HydraConfig, HydraForMaskedLM),
+        (AutoModelForSequenceClassification, HydraConfig, HydraForSequenceClassification),
+        (AutoModelForTokenClassification, HydraConfig, HydraForTokenClassification),
+        (AutoModel, HydraVisionConfig, HydraVisionModel),
+        (AutoModelForImageClassification, HydraVisionConfig, HydraForImageClassification),
     ):
-        auto.register(HydraConfig, cls, exist_ok=True)
+        auto.register(config_class, cls, exist_ok=True)
+    if is_vision_available():  # without Pillow, transformers' AutoImageProcessor is a placeholder that refuses use
+        AutoImageProcessor.register(HydraVisionConfig, image_processor_classes={"pil": HydraImageProcessor},
+                                    exist_ok=True)
 
 
 _register()
 
 __all__ = [
     "HydraConfig",
+    "HydraVisionConfig",
+    "HydraImageProcessor",
     "HydraPreTrainedModel",
     "HydraModel",
     "HydraForMaskedLM",

@@ -1,25 +1,41 @@
 """Configuration of the Hydra encoders (text and image) for HuggingFace transformers.
 
 One config class serves every mixer in the registry: ``matrix_mixer_type``
-names the sequence mixer ("hydra", "mha", or any other registered name), and
-the mixer options below are handed to :func:`hydra_ssm.mixers.build_mixer`,
-which drops the ones a mixer class does not accept.
+names the sequence mixer ("hydra", "mha", or any other registered name). The
+config's own mixer fields (d_state, headdim, ...) reach the mixers whose
+constructors take them, as read from the constructor's signature; the
+``mixer_options`` dict is handed to the mixer as given, and every key in it
+must be an option of that mixer.
 """
 
 from __future__ import annotations
 
 import inspect
 
+import torch
 from transformers import PretrainedConfig
+from transformers.activations import ACT2FN
 
-from ..mixers import get_mixer_class  # importing hydra_ssm.mixers registers the built-in mixers
+from .._checks import (
+    check_bool,
+    check_choice,
+    check_number,
+    check_options,
+    check_positive_int,
+    check_probability,
+    did_you_mean,
+)
+from ..mixers import build_mixer, get_mixer_class  # importing hydra_ssm.mixers registers the built-in mixers
+from ..mixers.registry import accepted_options
 
 POOLING_MODES = ("cls", "mean")
 
-
-def _accepts(cls, name: str) -> bool:
-    params = inspect.signature(cls.__init__).parameters
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+# Names PretrainedConfig itself handles; any other unknown keyword becomes a plain attribute.
+_BASE_FIELDS = (frozenset(inspect.signature(PretrainedConfig.__init__).parameters) | frozenset(dir(PretrainedConfig))
+                | frozenset(PretrainedConfig().to_dict()))
+# An unknown keyword this similar (difflib ratio) to a HydraConfig field is taken for a typo of it.
+# 0.76 keeps e.g. "bos_token_id" (0.75 from "pad_token_id") a legitimate extra attribute.
+_TYPO_CUTOFF = 0.76
 
 
 class HydraConfig(PretrainedConfig):
@@ -55,14 +71,16 @@ class HydraConfig(PretrainedConfig):
         classifier_dropout (float or None): dropout before classifiers; defaults to hidden_dropout_prob.
         initializer_range (float): std of the normal init of Linear and Embedding weights.
 
-    Mixer options (each used by the mixers that accept it):
+    Mixer options (each passed to the mixers whose constructor takes it):
         d_state, d_conv, expand, headdim, ngroups, chunk_size: Hydra / SSM options.
         is_data_dependent (bool or None), qk_dim (int): matrix-mixer options; None
             leaves the form to the mixer (data-dependent where it has that form; the
             reference's default is True). Data-independent mixers size their parameters
             by ``max_position_embeddings``.
         num_attention_heads (int): heads of "mha".
-        mixer_options (dict): any further keyword arguments for the mixer.
+        mixer_options (dict): any further keyword arguments for the mixer; each must be an
+            option of the mixer named by ``matrix_mixer_type`` (a typo raises, naming the
+            closest option).
 
     Heads:
         pooling ("cls" | "mean"): sequence summary for classification. Text:
@@ -73,6 +91,14 @@ class HydraConfig(PretrainedConfig):
 
     Image encoder (HydraForImageClassification):
         image_size, patch_size, num_channels: ViT-style non-overlapping patches.
+
+    Every field is validated on construction (and so on ``from_pretrained``): a
+    ValueError names the field and what was expected. The mixer is also built
+    once on the meta device (no memory), so values only the mixer can judge
+    (``mixer_options={"scan_impl": ...}``, an even ``d_conv``) fail here and not
+    when the model is built. An unknown keyword that looks like a misspelt field
+    (``d_sate``) raises; other unknown keywords are kept as attributes, as
+    transformers does.
     """
 
     model_type = "hydra"
@@ -126,7 +152,9 @@ class HydraConfig(PretrainedConfig):
         self.qk_dim = qk_dim
         self.chunk_size = chunk_size
         self.num_attention_heads = num_attention_heads
-        self.mixer_options = dict(mixer_options or {})
+        if mixer_options is None:
+            mixer_options = {}
+        self.mixer_options = dict(mixer_options) if isinstance(mixer_options, dict) else mixer_options  # checked below
         self.is_prenorm = is_prenorm
         self.intermediate_size = intermediate_size
         self.hidden_act = hidden_act
@@ -143,22 +171,43 @@ class HydraConfig(PretrainedConfig):
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
+        own = [k for k in inspect.signature(HydraConfig.__init__).parameters if k not in ("self", "kwargs")]
+        for key in kwargs:
+            hint = "" if key in _BASE_FIELDS else did_you_mean(key, own, cutoff=_TYPO_CUTOFF)
+            if hint:
+                raise ValueError(f"HydraConfig got an unknown field {key!r}{hint}")
         super().__init__(pad_token_id=pad_token_id, tie_word_embeddings=tie_word_embeddings, **kwargs)
         self.validate_hydra()
 
     # ------------------------------------------------------------ validation
     def validate_hydra(self) -> None:
         """Raise a ValueError naming the field when the configuration cannot build a model."""
-        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "image_size", "patch_size", "num_channels"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"HydraConfig.{name} must be a positive integer, got {value!r}")
+        for name in ("vocab_size", "hidden_size", "num_hidden_layers", "image_size", "patch_size", "num_channels",
+                     "d_state", "d_conv", "expand", "headdim", "ngroups", "qk_dim", "chunk_size",
+                     "num_attention_heads"):
+            check_positive_int(f"HydraConfig.{name}", getattr(self, name))
+        check_positive_int("HydraConfig.num_labels", self.num_labels)
+        for name in ("is_prenorm", "use_position_embeddings", "tie_word_embeddings"):
+            check_bool(f"HydraConfig.{name}", getattr(self, name))
         for name in ("type_vocab_size", "intermediate_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"HydraConfig.{name} must be a non-negative integer, got {value!r}")
-        if self.pooling not in POOLING_MODES:
-            raise ValueError(f"HydraConfig.pooling must be one of {POOLING_MODES}, got {self.pooling!r}")
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            check_probability(f"HydraConfig.{name}", getattr(self, name))
+        if self.classifier_dropout is not None:
+            check_probability("HydraConfig.classifier_dropout", self.classifier_dropout)
+        for name in ("layer_norm_eps", "block_norm_eps"):
+            check_number(f"HydraConfig.{name}", getattr(self, name), low=0, low_open=True, what="a positive number")
+        check_number("HydraConfig.initializer_range", self.initializer_range, low=0, what="a non-negative number")
+        check_choice("HydraConfig.hidden_act", self.hidden_act, sorted(ACT2FN))
+        pad = self.pad_token_id
+        if pad is not None and (not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < self.vocab_size):
+            raise ValueError(f"HydraConfig.pad_token_id must be in [0, {self.vocab_size}) (the vocabulary) or None, "
+                             f"got {pad!r}")
+        if self.is_data_dependent not in (True, False, None):
+            raise ValueError(f"HydraConfig.is_data_dependent must be True, False or None, got {self.is_data_dependent!r}")
+        check_choice("HydraConfig.pooling", self.pooling, POOLING_MODES)
         if self.image_size % self.patch_size != 0:
             raise ValueError(f"HydraConfig.image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
         mpe = self.max_position_embeddings
@@ -171,43 +220,62 @@ class HydraConfig(PretrainedConfig):
             mixer_cls = get_mixer_class(self.matrix_mixer_type)
         except ValueError as err:
             raise ValueError(f"HydraConfig.matrix_mixer_type: {err}") from None
+        if not isinstance(self.mixer_options, dict):
+            raise ValueError(f"HydraConfig.mixer_options must be a dict, got {type(self.mixer_options).__name__}")
+        accepted = accepted_options(mixer_cls)
+        if accepted is not None:
+            try:
+                check_options(f"the {self.matrix_mixer_type!r} mixer", self.mixer_options, accepted)
+            except ValueError as err:
+                raise ValueError(f"HydraConfig.mixer_options: {err}") from None
+
+        def takes(name):
+            return accepted is None or name in accepted
 
         options = self.mixer_kwargs(seq_len=mpe)
-        if _accepts(mixer_cls, "headdim") and "headdim" in options:
-            width = options.get("expand", 1) * self.hidden_size if _accepts(mixer_cls, "expand") else self.hidden_size
+        if takes("headdim") and "headdim" in options:
+            width = options.get("expand", 1) * self.hidden_size if takes("expand") else self.hidden_size
             if width % options["headdim"] != 0:
                 raise ValueError(
                     f"HydraConfig: hidden_size * expand ({width}) must be divisible by headdim ({options['headdim']}) "
                     f"for matrix_mixer_type={self.matrix_mixer_type!r}")
-        if _accepts(mixer_cls, "num_heads") and self.hidden_size % self.num_attention_heads != 0:
+        if takes("num_heads") and self.hidden_size % self.num_attention_heads != 0:
             raise ValueError(
                 f"HydraConfig: hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}) for matrix_mixer_type={self.matrix_mixer_type!r}")
         data_independent = self.is_data_dependent is False or (
             self.is_data_dependent is None and "sam" not in getattr(mixer_cls, "forms", ("sam",)))
-        if data_independent and mpe is None and (
-                _accepts(mixer_cls, "is_data_dependent") or _accepts(mixer_cls, "max_seq_len")):
+        if data_independent and mpe is None and (takes("is_data_dependent") or takes("max_seq_len")):
             raise ValueError(
                 f"HydraConfig: the data-independent mixer {self.matrix_mixer_type!r} (is_data_dependent=False) sizes its "
                 "parameters by the sequence length: set max_position_embeddings")
+        # the mixer's own checks, on the meta device: nothing is allocated
+        try:
+            with torch.device("meta"):
+                build_mixer(self.matrix_mixer_type, self.hidden_size, **options)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"HydraConfig (matrix_mixer_type={self.matrix_mixer_type!r}): {err}") from None
 
     # ------------------------------------------------------------ mixer kwargs
     def mixer_kwargs(self, seq_len: int | None = None, layer_idx: int | None = None) -> dict:
-        """Keyword arguments for ``build_mixer(matrix_mixer_type, hidden_size, strict=False, **kwargs)``.
+        """Keyword arguments for ``build_mixer(matrix_mixer_type, hidden_size, **kwargs)``: the
+        config's mixer fields that the mixer's constructor takes, then ``mixer_options``.
 
         ``seq_len`` is the (maximum) sequence length the mixer sees: it caps the
         chunk size (as the reference does) and sizes data-independent mixers.
         """
-        chunk = self.chunk_size if seq_len is None else max(1, min(self.chunk_size, seq_len))
-        kwargs = dict(
+        chunk = self.chunk_size if seq_len is None else min(self.chunk_size, seq_len)
+        generic = dict(
             d_state=self.d_state, d_conv=self.d_conv, expand=self.expand, headdim=self.headdim, ngroups=self.ngroups,
             chunk_size=chunk, qk_dim=self.qk_dim, num_heads=self.num_attention_heads,
             dropout=self.attention_probs_dropout_prob, layer_idx=layer_idx,
         )
         if self.is_data_dependent is not None:
-            kwargs["is_data_dependent"] = self.is_data_dependent
+            generic["is_data_dependent"] = self.is_data_dependent
         if seq_len is not None:
-            kwargs["max_seq_len"] = seq_len
+            generic["max_seq_len"] = seq_len
+        accepted = accepted_options(get_mixer_class(self.matrix_mixer_type))
+        kwargs = {k: v for k, v in generic.items() if accepted is None or k in accepted}
         kwargs.update(self.mixer_options)
         return kwargs
 
@@ -219,3 +287,34 @@ class HydraConfig(PretrainedConfig):
     def image_seq_len(self) -> int:
         """Tokens the image encoder mixes: the patches, plus the class token with pooling="cls"."""
         return self.num_patches + (1 if self.pooling == "cls" else 0)
+
+    # ------------------------------------------------------------ loading
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        """As in transformers, plus: a config saved with model_type "hydra" by an image model
+        (before image models had their own model_type) loads as a :class:`HydraVisionConfig`,
+        so the Auto classes resolve it to the image models."""
+        if cls is HydraConfig and IMAGE_ARCHITECTURES & set(config_dict.get("architectures") or ()):
+            upgraded = {k: v for k, v in config_dict.items() if k != "model_type"}
+            return HydraVisionConfig.from_dict(upgraded, **kwargs)
+        return super().from_dict(config_dict, **kwargs)
+
+
+IMAGE_ARCHITECTURES = frozenset({"HydraVisionModel", "HydraForImageClassification"})
+
+
+class HydraVisionConfig(HydraConfig):
+    r"""Configuration of :class:`HydraVisionModel` and :class:`HydraForImageClassification`.
+
+    The fields and defaults are those of :class:`HydraConfig` (the image fields
+    ``image_size``, ``patch_size``, ``num_channels`` included; the text fields are
+    unused). Its own ``model_type`` ("hydra_vision") lets ``AutoModel`` give the
+    image encoder and ``AutoImageProcessor`` the image processor.
+    """
+
+    model_type = "hydra_vision"
+
+    def __init__(self, **kwargs):
+        # Defined here so that transformers >= 5 keeps HydraConfig's constructor
+        # instead of generating a dataclass one for this subclass.
+        super().__init__(**kwargs)

@@ -20,6 +20,7 @@ do not depend on how much padding a batch carries.
 from __future__ import annotations
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from transformers import PreTrainedModel
@@ -34,9 +35,9 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from .._checks import tracing
+from .._checks import check_index_range, check_index_tensor, check_mask, check_sequence_input, tracing
 from ..mixers import build_mixer
-from .configuration_hydra import HydraConfig
+from .configuration_hydra import HydraConfig, HydraVisionConfig
 
 logger = logging.get_logger(__name__)
 
@@ -61,26 +62,70 @@ def _as_bool_mask(attention_mask: torch.Tensor | None, shape, device) -> torch.T
     return mask if tracing() or not bool(mask.all()) else None
 
 
+IGNORE_INDEX = -100  # label of positions that take no part in a loss (CrossEntropyLoss's default)
+
+
+def _token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the labelled entries (label != -100) of ``logits`` (..., C), ``labels`` (...).
+
+    A batch with no labelled entry gives a loss of exactly 0 that still has a
+    grad_fn (its gradient is zero), so a training step on it is a no-op instead
+    of a NaN that would poison the weights.
+    """
+    labels = labels.to(device=logits.device, dtype=torch.long).reshape(-1)
+    total = CrossEntropyLoss(reduction="sum", ignore_index=IGNORE_INDEX)(logits.reshape(-1, logits.shape[-1]), labels)
+    count = (labels != IGNORE_INDEX).sum().clamp(min=1)
+    return total / count.to(total.dtype)
+
+
 def _classification_loss(config: HydraConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """BERT's rule: regression for one label, cross-entropy for integer labels, BCE otherwise."""
+    """BERT's rule: regression for one label, cross-entropy for integer labels, BCE otherwise.
+    ``logits`` (B, num_labels); labels (B,) of class ids (-100: ignored), (B,) or (B, 1) of
+    targets for regression, (B, num_labels) for multi-label. The inferred problem_type is
+    stored in the config (as transformers' models do) once the labels pass the checks."""
     num_labels = config.num_labels
-    if config.problem_type is None:
+    batch = logits.shape[0]
+    if not isinstance(labels, torch.Tensor):
+        raise ValueError(f"labels must be a torch.Tensor, got {type(labels).__name__}")
+    problem = config.problem_type
+    if problem is None:
         if num_labels == 1:
-            config.problem_type = "regression"
+            problem = "regression"
         elif labels.dtype in (torch.long, torch.int):
-            config.problem_type = "single_label_classification"
+            problem = "single_label_classification"
         else:
-            config.problem_type = "multi_label_classification"
+            problem = "multi_label_classification"
     labels = labels.to(logits.device)
-    if config.problem_type == "regression":
+    if problem == "regression":
         if num_labels == 1:
-            return MSELoss()(logits.squeeze(-1), labels.view(-1).to(logits.dtype))
-        return MSELoss()(logits, labels.to(logits.dtype))
-    if config.problem_type == "single_label_classification":
-        return CrossEntropyLoss()(logits.view(-1, num_labels), labels.view(-1))
-    if config.problem_type == "multi_label_classification":
-        return BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
-    raise ValueError(f"unknown problem_type {config.problem_type!r}")
+            if labels.numel() != batch:
+                raise ValueError(f"labels must have shape ({batch},) for regression, got {tuple(labels.shape)}")
+            loss = MSELoss()(logits.squeeze(-1), labels.view(-1).to(logits.dtype))
+        else:
+            if tuple(labels.shape) != tuple(logits.shape):
+                raise ValueError(f"labels must have shape {tuple(logits.shape)} for regression, got {tuple(labels.shape)}")
+            loss = MSELoss()(logits, labels.to(logits.dtype))
+    elif problem == "single_label_classification":
+        if labels.is_floating_point() or labels.numel() != batch:
+            raise ValueError(f"labels must be an integer tensor of shape ({batch},) (class ids), got "
+                             f"{labels.dtype} of shape {tuple(labels.shape)}")
+        check_index_range("labels", labels, num_labels, ignore=IGNORE_INDEX)
+        loss = _token_loss(logits, labels)
+    elif problem == "multi_label_classification":
+        if tuple(labels.shape) != tuple(logits.shape):
+            raise ValueError(f"labels must have shape {tuple(logits.shape)} (one 0/1 target per label), got "
+                             f"{tuple(labels.shape)}")
+        loss = BCEWithLogitsLoss()(logits, labels.to(logits.dtype))
+    else:
+        raise ValueError(f"unknown problem_type {problem!r}")
+    config.problem_type = problem
+    return loss
+
+
+def _check_token_labels(labels, shape, high: int) -> None:
+    """Per-token labels (B, L) of ids in [0, high) or -100."""
+    check_index_tensor("labels", labels, shape)
+    check_index_range("labels", labels, high, ignore=IGNORE_INDEX)
 
 
 # ---------------------------------------------------------------------------- 1. embeddings
@@ -141,7 +186,7 @@ class HydraBlock(nn.Module):
     def __init__(self, config: HydraConfig, layer_idx: int, seq_len: int | None):
         super().__init__()
         self.is_prenorm = config.is_prenorm
-        self.mixer = build_mixer(config.matrix_mixer_type, config.hidden_size, strict=False,
+        self.mixer = build_mixer(config.matrix_mixer_type, config.hidden_size,
                                  **config.mixer_kwargs(seq_len=seq_len, layer_idx=layer_idx))
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.block_norm_eps)
         if config.intermediate_size > 0:
@@ -200,6 +245,16 @@ class HydraPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["HydraBlock"]
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' ``from_pretrained``; weights that are not a valid safetensors file raise an
+        OSError naming the directory, instead of the parser's bare message."""
+        try:
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as err:
+            raise OSError(f"the safetensors weights in {pretrained_model_name_or_path} are not readable "
+                          f"(truncated or corrupted file?): {err}") from err
+
     @torch.no_grad()
     def _init_weights(self, module):
         """BERT's init for Linear, Embedding and LayerNorm (mixer projections included, as in the
@@ -249,7 +304,16 @@ class HydraPooler(nn.Module):
 
 # ---------------------------------------------------------------------------- 5. text encoder
 class HydraModel(HydraPreTrainedModel):
-    """The Hydra text encoder: embeddings, blocks and (optionally) the pooler."""
+    """The Hydra text encoder: embeddings, blocks and (optionally) the pooler.
+
+    Inputs are checked before any computation (ValueErrors name the argument):
+    exactly one of ``input_ids`` (B, L) of any integer dtype and
+    ``inputs_embeds`` (B, L, hidden_size) of the model's dtype; ids, token
+    types and positions inside their tables; ``attention_mask`` (B, L) of 0/1.
+    ``token_type_ids`` without type embeddings (``type_vocab_size=0``) are
+    accepted when all zero and refused otherwise; ``position_ids`` without
+    position embeddings are refused. B = 0 gives empty outputs; L = 0 is an error.
+    """
 
     def __init__(self, config: HydraConfig, add_pooling_layer: bool = True):
         super().__init__(config)
@@ -263,6 +327,48 @@ class HydraModel(HydraPreTrainedModel):
 
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
+
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds) -> None:
+        """ValueErrors naming the argument, before any computation. The range checks read the
+        values (a host sync) and are skipped while compiling or exporting.
+
+        token_type_ids with ``type_vocab_size=0`` are accepted when all zero (what tokenizers
+        send for a single segment, and the same as none) and refused otherwise."""
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        config = self.config
+        if input_ids is not None:
+            check_index_tensor("input_ids", input_ids)
+            if input_ids.shape[1] == 0:
+                raise ValueError(f"input_ids must have at least one position, got shape {tuple(input_ids.shape)}")
+            check_index_range("input_ids", input_ids, self.embeddings.word_embeddings.num_embeddings)
+            shape = tuple(input_ids.shape)
+        else:
+            check_sequence_input(inputs_embeds, config.hidden_size, name="inputs_embeds",
+                                 dtype=self.embeddings.word_embeddings.weight.dtype)
+            shape = tuple(inputs_embeds.shape[:2])
+        if attention_mask is not None:
+            check_mask(attention_mask, shape)
+        if token_type_ids is not None:
+            check_index_tensor("token_type_ids", token_type_ids, shape)
+            types = self.embeddings.token_type_embeddings
+            if types is None:
+                if not tracing() and bool(token_type_ids.ne(0).any()):
+                    raise ValueError("token_type_ids were given but the model has no token type embeddings "
+                                     "(type_vocab_size=0): pass none (or all zeros), or use a config with type_vocab_size > 0")
+            else:
+                check_index_range("token_type_ids", token_type_ids, types.num_embeddings)
+        if position_ids is not None:
+            positions = self.embeddings.position_embeddings
+            if positions is None:
+                raise ValueError("position_ids were given but the model has no position embeddings "
+                                 "(use_position_embeddings=False): the mixers order the tokens themselves")
+            allowed = [(shape[1],), (1, shape[1]), shape]  # one row for the whole batch, or one per sequence
+            if not isinstance(position_ids, torch.Tensor) or tuple(position_ids.shape) not in allowed:
+                got = tuple(position_ids.shape) if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
+                raise ValueError(f"position_ids must have shape {allowed[0]}, {allowed[1]} or {allowed[2]}, got {got}")
+            check_index_tensor("position_ids", position_ids.reshape(-1, shape[1]))
+            check_index_range("position_ids", position_ids, positions.num_embeddings)
 
     def forward(
         self,
@@ -278,8 +384,12 @@ class HydraModel(HydraPreTrainedModel):
         """Returns ``BaseModelOutputWithPooling``: last_hidden_state (B, L, D), zero at padded
         positions; pooler_output (B, D) or None; hidden_states (embeddings + one per block) on request.
         ``output_attentions`` is accepted for API compatibility; mixers return no attention maps."""
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        if token_type_ids is not None and self.embeddings.token_type_embeddings is None:
+            token_type_ids = None  # all zeros (checked): the single segment, as without token types
+        # any integer dtype (uint8, int16, ...) is accepted; embeddings take int64
+        input_ids, token_type_ids, position_ids = (None if t is None else t.long()
+                                                   for t in (input_ids, token_type_ids, position_ids))
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
@@ -332,7 +442,8 @@ class HydraForMaskedLM(HydraPreTrainedModel):
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
-        """``labels`` (B, L): token ids at the positions to predict, -100 elsewhere."""
+        """``labels`` (B, L): token ids at the positions to predict, -100 elsewhere. The loss is
+        the mean over the labelled positions; a batch without any is a loss of 0 (with a grad_fn)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.hydra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                              position_ids=position_ids, inputs_embeds=inputs_embeds,
@@ -340,7 +451,8 @@ class HydraForMaskedLM(HydraPreTrainedModel):
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, logits.shape[-1]), labels.to(logits.device).view(-1))
+            _check_token_labels(labels, logits.shape[:2], logits.shape[-1])
+            loss = _token_loss(logits, labels)
         out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return out if return_dict else out.to_tuple()
 
@@ -371,7 +483,8 @@ class HydraForSequenceClassification(HydraPreTrainedModel):
 
 
 class HydraForTokenClassification(HydraPreTrainedModel):
-    """Per-token dropout -> linear; labels (B, L) with -100 at ignored (e.g. padded) positions."""
+    """Per-token dropout -> linear; labels (B, L) with -100 at ignored (e.g. padded) positions
+    (mean loss over the labelled ones; 0, with a grad_fn, when there are none)."""
 
     def __init__(self, config: HydraConfig):
         super().__init__(config)
@@ -391,12 +504,29 @@ class HydraForTokenClassification(HydraPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
-            loss = CrossEntropyLoss()(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1))
+            _check_token_labels(labels, logits.shape[:2], self.num_labels)
+            loss = _token_loss(logits, labels)
         out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return out if return_dict else out.to_tuple()
 
 
 # ---------------------------------------------------------------------------- 7. images
+def interpolate_pos_encoding(patch_pos: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Position embeddings of a (g, g) patch grid resampled to a (height, width) grid, as ViT does.
+
+    patch_pos: (1, g*g, D), row-major over the grid -> (1, height*width, D); bicubic
+    (align_corners=False), computed in float32 at least; a (g, g) target gives the input back.
+    """
+    grid = int(round(patch_pos.shape[1] ** 0.5))
+    if grid * grid != patch_pos.shape[1]:
+        raise ValueError(f"position embeddings of {patch_pos.shape[1]} patches do not form a square grid")
+    dim = patch_pos.shape[-1]
+    table = patch_pos.reshape(1, grid, grid, dim).permute(0, 3, 1, 2)  # (1, D, g, g)
+    work = table if table.dtype in (torch.float32, torch.float64) else table.float()
+    out = nn.functional.interpolate(work, size=(height, width), mode="bicubic", align_corners=False)
+    return out.to(patch_pos.dtype).permute(0, 2, 3, 1).reshape(1, height * width, dim)
+
+
 class HydraPatchEmbeddings(nn.Module):
     """ViT-style: non-overlapping patches -> linear projection (a strided conv), an optional
     class token in front (pooling="cls"), optional learned position embeddings, dropout."""
@@ -404,6 +534,7 @@ class HydraPatchEmbeddings(nn.Module):
     def __init__(self, config: HydraConfig):
         super().__init__()
         self.image_size = config.image_size
+        self.patch_size = config.patch_size
         self.num_channels = config.num_channels
         self.projection = nn.Conv2d(config.num_channels, config.hidden_size, kernel_size=config.patch_size,
                                     stride=config.patch_size)
@@ -412,17 +543,32 @@ class HydraPatchEmbeddings(nn.Module):
                                     if config.use_position_embeddings else None)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+    def _position_embeddings(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """(1, tokens, D) for a (grid_h, grid_w) patch grid; the class token's row is kept as trained."""
+        native = self.image_size // self.patch_size
+        if (grid_h, grid_w) == (native, native):
+            return self.position_embeddings
+        n_cls = 0 if self.cls_token is None else 1
+        patches = interpolate_pos_encoding(self.position_embeddings[:, n_cls:], grid_h, grid_w)
+        return torch.cat([self.position_embeddings[:, :n_cls], patches], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """(B, C, H, W) -> (B, [1 +] (H/p)*(W/p), D). Images of another size than config.image_size
+        need ``interpolate_pos_encoding=True`` (H and W multiples of patch_size)."""
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.num_channels:
             raise ValueError(f"pixel_values must have shape (batch, {self.num_channels}, H, W), got {tuple(pixel_values.shape)}")
-        if tuple(pixel_values.shape[-2:]) != (self.image_size, self.image_size):
-            raise ValueError(f"expected {self.image_size}x{self.image_size} images (config.image_size), "
-                             f"got {tuple(pixel_values.shape[-2:])}")
+        height, width = pixel_values.shape[-2:]
+        if not interpolate_pos_encoding and (height, width) != (self.image_size, self.image_size):
+            raise ValueError(f"expected {self.image_size}x{self.image_size} images (config.image_size), got "
+                             f"{height}x{width}; pass interpolate_pos_encoding=True to run at another size")
+        if height % self.patch_size or width % self.patch_size:
+            raise ValueError(f"pixel_values: height and width must be multiples of patch_size={self.patch_size}, "
+                             f"got {height}x{width}")
         x = self.projection(pixel_values.to(self.projection.weight.dtype)).flatten(2).transpose(1, 2)  # (B, N, D)
         if self.cls_token is not None:
             x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
         if self.position_embeddings is not None:
-            x = x + self.position_embeddings
+            x = x + self._position_embeddings(height // self.patch_size, width // self.patch_size)
         return self.dropout(x)
 
 
@@ -430,6 +576,7 @@ class HydraVisionModel(HydraPreTrainedModel):
     """The Hydra image encoder: patch embeddings and blocks; ``pooler_output`` is the class
     token (pooling="cls") or the mean over patches (pooling="mean")."""
 
+    config_class = HydraVisionConfig
     main_input_name = "pixel_values"
 
     def __init__(self, config: HydraConfig):
@@ -438,18 +585,24 @@ class HydraVisionModel(HydraPreTrainedModel):
         self.encoder = HydraEncoder(config, seq_len=config.image_seq_len)
         self.post_init()
 
-    def forward(self, pixel_values=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+    def forward(self, pixel_values=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                interpolate_pos_encoding: bool | None = None):
+        """pixel_values (B, C, H, W) -> ``BaseModelOutputWithPooling``: last_hidden_state (B, tokens, D),
+        pooler_output (B, D). ``interpolate_pos_encoding=True`` runs images of another size than
+        config.image_size (position embeddings resampled bicubically, as in ViT)."""
         if pixel_values is None:
             raise ValueError("pixel_values is required")
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        hidden, all_hidden = self.encoder(self.embeddings(pixel_values), None, output_hidden_states=output_hidden_states)
+        embedded = self.embeddings(pixel_values, interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        hidden, all_hidden = self.encoder(embedded, None, output_hidden_states=output_hidden_states)
         out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=_pool(hidden, None, self.config.pooling),
                                          hidden_states=all_hidden)
         return out if return_dict else out.to_tuple()
 
 
 class HydraForImageClassification(HydraPreTrainedModel):
+    config_class = HydraVisionConfig
     main_input_name = "pixel_values"
 
     def __init__(self, config: HydraConfig):
@@ -462,9 +615,11 @@ class HydraForImageClassification(HydraPreTrainedModel):
         self.post_init()
 
     def forward(self, pixel_values=None, labels=None, output_attentions=None, output_hidden_states=None,
-                return_dict=None):
+                return_dict=None, interpolate_pos_encoding: bool | None = None):
+        """pixel_values (B, C, H, W), labels (B,) -> ``ImageClassifierOutput`` (logits (B, num_labels))."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        outputs = self.hydra(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        outputs = self.hydra(pixel_values, output_hidden_states=output_hidden_states, return_dict=True,
+                             interpolate_pos_encoding=interpolate_pos_encoding)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = _classification_loss(self.config, logits, labels) if labels is not None else None
         out = ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)

@@ -77,8 +77,6 @@ class Dist:
 
 # ---------------------------------------------------------------------------------------------- models
 def model_config(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size: int):
-    from ..models import HydraConfig
-
     pos = cfg.position_embeddings == "on" or (cfg.position_embeddings == "auto" and mixer not in POSITION_AWARE)
     kw = dict(vocab_size=max(task.vocab_size, 8), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
               matrix_mixer_type=mixer, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, headdim=cfg.headdim,
@@ -88,10 +86,19 @@ def model_config(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size
               pooling=cfg.pooling, num_labels=max(task.num_labels, 2), pad_token_id=0)
     if task.kind == "image":
         kw.update(image_size=task.image_size, patch_size=cfg.patch_size, num_channels=task.num_channels)
+    kw.update(label_maps(task))
     try:
-        return HydraConfig(**kw)
+        return model_class(task).config_class(**kw)  # HydraVisionConfig for images
     except ValueError as err:
         raise UsageError(f"model for mixer {mixer!r}: {err}") from None
+
+
+def label_maps(task: TaskData) -> dict:
+    """``id2label``/``label2id`` from the task's label names (pipelines print them), or nothing."""
+    names = task.info.get("label_names")
+    if not names:
+        return {}
+    return {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
 
 def model_class(task: TaskData):
@@ -122,7 +129,8 @@ def build_model(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size:
     if cfg.init_from and task.kind == "seqcls":
         cls = model_class(task)
         try:
-            return cls.from_pretrained(cfg.init_from, num_labels=task.num_labels, hidden_dropout_prob=cfg.dropout)
+            return cls.from_pretrained(cfg.init_from, num_labels=task.num_labels, hidden_dropout_prob=cfg.dropout,
+                                       pooling=cfg.pooling, **label_maps(task))
         except Exception as err:
             raise UsageError(f"--init-from {cfg.init_from}: cannot load a model: {str(err).splitlines()[0]}") from None
     return model_class(task)(model_config(cfg, task, mixer, intermediate_size))
@@ -240,6 +248,8 @@ def save_checkpoint(run_dir: str, step: int, model, opt, sched, state: dict, tas
         _atomic_torch_save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict()}, os.path.join(tmp, "optimizer.pt"))
         if task.tokenizer is not None:
             save_tokenizer(task.tokenizer, tmp)
+        if task.image_processor is not None:
+            task.image_processor.save_pretrained(tmp)
         write_json(os.path.join(tmp, "trainer_state.json"), {**state, "step": step, "world_size": d.world})
         final = os.path.join(ck, name)
         shutil.rmtree(final, ignore_errors=True)
@@ -407,6 +417,8 @@ def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dis
         model.save_pretrained(final, safe_serialization=True)
         if task.tokenizer is not None:
             save_tokenizer(task.tokenizer, final)
+        if task.image_processor is not None:
+            task.image_processor.save_pretrained(final)
         write_json(os.path.join(final, "train_config.json"), {**cfg.to_dict(), "mixers": [mixer],
                                                               "intermediate_size": intermediate_size})
         write_json(os.path.join(run_dir, "result.json"), result)

@@ -89,7 +89,12 @@ def _run(cfg: TrainConfig) -> list[dict]:
         mixers = cfg.mixers
         if cfg.init_from and td.kind == "seqcls":
             with open(os.path.join(cfg.init_from, "config.json")) as fh:
-                mixers = [json.load(fh).get("matrix_mixer_type", "hydra")]
+                start = json.load(fh)
+            mixers = [start.get("matrix_mixer_type", "hydra")]
+            longest = start.get("max_position_embeddings", cfg.seq_len)
+            if start.get("use_position_embeddings") and cfg.seq_len > longest:
+                raise UsageError(f"--seq-len {cfg.seq_len} is longer than the {longest} positions of the --init-from "
+                                 f"model ({cfg.init_from}); use --seq-len {longest} or less")
         widths = {}
         for m in mixers:
             model_config(cfg, td, m, cfg.intermediate_size)  # validates
@@ -115,7 +120,8 @@ def _run(cfg: TrainConfig) -> list[dict]:
 
 def _describe(td) -> str:
     return f"{td.num_train()} train / {td.num_val()} val examples, seq len {td.seq_len}" + (
-        f", vocab {td.vocab_size}" if td.vocab_size else "")
+        f", vocab {td.vocab_size}" if td.vocab_size else "") + (
+        f" (validation: {td.info['validation']})" if td.info.get("validation") else "")
 
 
 def table(results: list[dict]) -> str:
@@ -213,13 +219,23 @@ def evaluate_model(model_dir: str, overrides: dict) -> dict:
     with open(cfg_path) as fh:
         saved = json.load(fh)
     saved = {k: v for k, v in saved.items() if k in TrainConfig.__dataclass_fields__}
+    if saved.get("task") == "synthetic" and "validation_file" in overrides:
+        raise UsageError("--validation-file: the synthetic tasks generate their validation data")
     saved.update(overrides)
-    saved.update(resume=False, init_from="", progress=False)
+    # the model directory has the tokenizer; the run's starting point is not needed
+    saved.update(resume=False, init_from="", tokenizer_from="", progress=False)
+    mc = AutoConfig.from_pretrained(model_dir)
+    names = [mc.id2label[i] for i in range(mc.num_labels)]
+    named = names != [f"LABEL_{i}" for i in range(mc.num_labels)]  # models saved before labels had names
+    if saved.get("task") == "classify" and saved.get("validation_file") and named:
+        saved["train_file"] = ""  # the classes come from the model: the training file is not read
     cfg = build_config({}, saved)
     d = Dist(cfg)
     tok = load_tokenizer(model_dir) if cfg.task in ("mlm", "classify") else None
-    td = build_task(cfg, cfg.task, tok)
-    mc = AutoConfig.from_pretrained(model_dir)
+    if cfg.task == "classify":
+        td = classify_data(cfg, tok, label_names=names if named else None)
+    else:
+        td = build_task(cfg, cfg.task, tok)
     cls = getattr(models, (mc.architectures or ["HydraForMaskedLM"])[0])
     model = cls.from_pretrained(model_dir).to(d.device)
     metrics = evaluate(model, td, cfg, d)
