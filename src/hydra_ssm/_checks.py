@@ -9,8 +9,16 @@ from typing import Iterable
 import torch
 
 
-def _compiling() -> bool:
-    return torch.compiler.is_compiling()
+def exporting() -> bool:
+    """True while ``torch.export`` or ``torch.onnx.export`` traces the code: the dynamo ONNX exporter runs
+    torch.export, the TorchScript-based one the JIT tracer."""
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def tracing() -> bool:
+    """True while a graph is traced (``torch.compile``, ``torch.export``, ``torch.onnx.export``): checks
+    that read tensor values on the host (a sync, and a branch on data) are skipped then."""
+    return torch.compiler.is_compiling() or exporting()
 
 
 def did_you_mean(value, choices: Iterable[str], cutoff: float = 0.6) -> str:
@@ -85,7 +93,7 @@ def check_index_tensor(name: str, t, shape: tuple | None = None) -> None:
 def check_index_range(name: str, t: torch.Tensor, high: int, *, ignore: int | None = None) -> None:
     """Every value of ``t`` in [0, high) (or equal to ``ignore``). Reads the values (one
     host sync when they are fine), so it is skipped while compiling or exporting."""
-    if _compiling() or t.numel() == 0:
+    if tracing() or t.numel() == 0:
         return
     ignored = None if ignore is None else t == ignore
     values = t if ignored is None else t.masked_fill(ignored, 0)
@@ -125,7 +133,7 @@ def check_sequence_input(
     if dtype is not None and u.dtype != dtype and not torch.is_autocast_enabled(u.device.type):
         raise ValueError(f"{name} has dtype {u.dtype} but the layer's parameters are {dtype}: convert the input "
                          f"(u.to({dtype})) or the layer (layer.to({u.dtype})), or run under torch.autocast")
-    if check_finite and not _compiling() and not bool(torch.isfinite(u).all()):
+    if check_finite and not tracing() and not bool(torch.isfinite(u).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
     if attention_mask is None:
         return None
@@ -138,7 +146,7 @@ def check_mask(attention_mask, shape: tuple, device=None) -> torch.Tensor:
         raise ValueError(f"attention_mask must be a torch.Tensor of shape {tuple(shape)}, got {type(attention_mask).__name__}")
     if tuple(attention_mask.shape) != tuple(shape):
         raise ValueError(f"attention_mask must have shape (batch, seqlen) = {tuple(shape)}, got {tuple(attention_mask.shape)}")
-    if attention_mask.dtype != torch.bool and not _compiling():
+    if attention_mask.dtype != torch.bool and not tracing():
         if not bool(((attention_mask == 0) | (attention_mask == 1)).all()):
             raise ValueError(f"attention_mask of dtype {attention_mask.dtype} must contain only 0 and 1 (or be a bool tensor)")
     return attention_mask.to(device=device, dtype=torch.bool)

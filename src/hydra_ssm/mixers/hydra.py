@@ -10,12 +10,19 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .._checks import check_bool, check_choice, check_float_dtype, check_number, check_positive_int, check_sequence_input
-from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_two_pass
+from .._checks import (check_bool, check_choice, check_float_dtype, check_number, check_positive_int,
+                       check_sequence_input, exporting, tracing)
+from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_minimal, quasiseparable_two_pass
 from .norm import GatedRMSNorm
 from .registry import SequenceMixer, register_mixer
 
-SCAN_IMPLS = {"fused": quasiseparable_chunked, "two_pass": quasiseparable_two_pass}
+SCAN_IMPLS = {"fused": quasiseparable_chunked, "two_pass": quasiseparable_two_pass, "minimal": quasiseparable_minimal}
+
+
+def scan_for(scan_impl: str):
+    """The scan to run: the loop-free ``minimal`` one while ``torch.export`` / ``torch.onnx.export``
+    trace the layer (one graph for every length, no in-place writes), else ``scan_impl``'s."""
+    return quasiseparable_minimal if exporting() else SCAN_IMPLS[scan_impl]
 
 
 ACTIVATIONS = ("silu", "swish")
@@ -31,7 +38,7 @@ def check_dt_limit(dt_limit) -> None:
 
 def check_contiguous_mask(mask: torch.Tensor) -> None:
     """Valid tokens must form one contiguous run per row (left and/or right padding)."""
-    if torch.compiler.is_compiling():
+    if tracing():
         return
     count = mask.sum(1)
     idx = torch.arange(mask.shape[1], device=mask.device)
@@ -53,8 +60,11 @@ class Hydra(SequenceMixer):
     of the output are zero.
 
     ``scan_impl`` chooses the quasiseparable algorithm: ``"fused"`` (default,
-    one pass over the chunks for both directions) or ``"two_pass"`` (the causal
-    scan on x and on the flipped x, kept for comparison).
+    one pass over the chunks for both directions), ``"two_pass"`` (the causal
+    scan on x and on the flipped x, kept for comparison) or ``"minimal"`` (no
+    loops, no in-place writes: :func:`hydra_ssm.ops.quasiseparable_minimal`).
+    While ``torch.export`` or ``torch.onnx.export`` traces the layer it always
+    runs ``"minimal"``, so the exported graph holds for every sequence length.
     ``chunk_size`` only trades speed against memory: the output does not depend
     on it (beyond float rounding). Its default, 64, is the fastest on CPUs for
     d_state = headdim = 64; the reference module uses 256, tuned for its GPU
@@ -201,11 +211,11 @@ class Hydra(SequenceMixer):
     # ---------------------------------------------------------------- forward
     def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = self._check(u, attention_mask)
-        if u.shape[0] == 0:  # no sequences: an empty output, still attached to out_proj for autograd
+        if not tracing() and u.shape[0] == 0:  # no sequences: an empty output, still attached to out_proj for autograd
             return self.out_proj(u.new_zeros(0, u.shape[1], self.d_inner))
         z, x, B_f, C_f, B_b, C_b, dt_f, dt_b = self._value_stream(u, mask)
         init = self.init_states if self.learnable_init_states else None
-        y = SCAN_IMPLS[self.scan_impl](x, dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x),
+        y = scan_for(self.scan_impl)(x, dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x),
                                        chunk_size=self.chunk_size, initial_states=init)
         out = self.out_proj(self.norm(rearrange(y, "b l h p -> b l (h p)"), z))
         if mask is not None:

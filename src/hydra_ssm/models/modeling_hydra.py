@@ -35,7 +35,7 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from .._checks import _compiling, check_index_range, check_index_tensor, check_mask, check_sequence_input
+from .._checks import check_index_range, check_index_tensor, check_mask, check_sequence_input, tracing
 from ..mixers import build_mixer
 from .configuration_hydra import HydraConfig, HydraVisionConfig
 
@@ -50,13 +50,16 @@ _TRANSFORMERS_V5 = int(__import__("transformers").__version__.split(".")[0]) >= 
 
 
 def _as_bool_mask(attention_mask: torch.Tensor | None, shape, device) -> torch.Tensor | None:
-    """(B, L) bool mask, or None when every token is valid (the mixers' fast path)."""
+    """(B, L) bool mask, or None when every token is valid (the mixers' fast path).
+
+    While a graph is traced (torch.export, ONNX) the mask is always kept: whether it
+    is all ones is a property of the data, not of the graph."""
     if attention_mask is None:
         return None
     if tuple(attention_mask.shape) != tuple(shape):
         raise ValueError(f"attention_mask must have shape (batch, seqlen) = {tuple(shape)}, got {tuple(attention_mask.shape)}")
     mask = attention_mask.to(device=device).bool()
-    return None if bool(mask.all()) else mask
+    return mask if tracing() or not bool(mask.all()) else None
 
 
 IGNORE_INDEX = -100  # label of positions that take no part in a loss (CrossEntropyLoss's default)
@@ -154,7 +157,7 @@ class HydraEmbeddings(nn.Module):
                     position_ids = torch.arange(seqlen, device=embeddings.device).expand(batch, seqlen)
                 else:  # count valid tokens only, so left padding does not shift the positions
                     position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
-            if int(position_ids.max()) >= self.position_embeddings.num_embeddings:
+            if not tracing() and int(position_ids.max()) >= self.position_embeddings.num_embeddings:
                 raise ValueError(f"sequence longer than max_position_embeddings={self.position_embeddings.num_embeddings}")
             embeddings = embeddings + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(embeddings))
@@ -350,7 +353,7 @@ class HydraModel(HydraPreTrainedModel):
             check_index_tensor("token_type_ids", token_type_ids, shape)
             types = self.embeddings.token_type_embeddings
             if types is None:
-                if not _compiling() and bool(token_type_ids.ne(0).any()):
+                if not tracing() and bool(token_type_ids.ne(0).any()):
                     raise ValueError("token_type_ids were given but the model has no token type embeddings "
                                      "(type_vocab_size=0): pass none (or all zeros), or use a config with type_vocab_size > 0")
             else:

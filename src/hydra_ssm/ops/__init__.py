@@ -9,7 +9,8 @@ causal SSD (Mamba-2)        :func:`semiseparable_chunked`          :func:`semise
                                                                    :func:`semiseparable_loop`,
                                                                    :func:`semiseparable_matrix`
 Hydra (quasiseparable)      :func:`quasiseparable_chunked` (fused) :func:`quasiseparable_ref`,
-                            :func:`quasiseparable_two_pass`        :func:`quasiseparable_matrix`
+                            :func:`quasiseparable_two_pass`,       :func:`quasiseparable_matrix`
+                            :func:`quasiseparable_minimal` (export)
 Toeplitz (FFT)               :func:`toeplitz_fft`                   :func:`toeplitz_ref`, :func:`toeplitz_matrix`
 low-rank (associativity)    :func:`low_rank_mix`                   :func:`low_rank_ref`, :func:`low_rank_matrix`
 Vandermonde (tiled)         :func:`vandermonde_mix`,               :func:`vandermonde_ref`, :func:`vandermonde_matrix`,
@@ -41,6 +42,7 @@ from .reference import (
 )
 from .semiseparable import semiseparable_chunked
 from .quasiseparable import quasiseparable_chunked, quasiseparable_two_pass
+from .minimal import quasiseparable_minimal
 from .toeplitz import toeplitz_fft, toeplitz_matrix, toeplitz_ref
 from .low_rank import low_rank_matrix, low_rank_mix, low_rank_ref
 from .vandermonde import dft_cos_matrix, dft_cos_mix, dft_cos_ref, vandermonde_matrix, vandermonde_mix, vandermonde_ref
@@ -55,6 +57,7 @@ __all__ = [
     "quasiseparable_ref",
     "quasiseparable_chunked",
     "quasiseparable_two_pass",
+    "quasiseparable_minimal",
     "toeplitz_fft", "toeplitz_ref", "toeplitz_matrix",
     "low_rank_mix", "low_rank_ref", "low_rank_matrix",
     "vandermonde_mix", "vandermonde_ref", "vandermonde_matrix",

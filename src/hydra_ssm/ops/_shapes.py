@@ -26,10 +26,7 @@ from __future__ import annotations
 
 import torch
 
-
-def tracing() -> bool:
-    """True while torch.compile, torch.export or the JIT tracer runs: values cannot be inspected."""
-    return torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing()
+from .._checks import tracing
 
 
 def check_tensor(t, name: str, device: torch.device | None = None) -> None:
@@ -102,7 +99,7 @@ def check_D(D, b, l, h, device: torch.device | None = None):
     if D is None:
         return None
     check_tensor(D, "D", device)
-    if D.shape == (h,) or D.shape == (b, l, h):
+    if D.shape == (b, l, h) or D.shape == (h,):  # (B, L, H) first: no comparison of batch with nheads when tracing
         return D
     raise ValueError(f"D must have shape (nheads,) = {(h,)} or (batch, seqlen, nheads) = {(b, l, h)}, "
                      f"got {tuple(D.shape)}")
