@@ -1,4 +1,4 @@
-"""A tiny text corpus and the options of a tiny masked-LM run (seconds on one CPU thread), for the CLI tests."""
+"""A tiny text corpus and the options of tiny runs (seconds on one CPU thread), for the CLI and journey tests."""
 
 import random
 
@@ -19,3 +19,16 @@ def tiny(d, steps=6):
             "--num-layers", "1", "--d-state", "4", "--headdim", "8", "--threads", "1", "--eval-every", "3",
             "--eval-batches", "1", "--progress", "false", "--plot", "false", "--checkpoint-every", "2",
             "--keep-checkpoints", "3", "--dropout", "0.1", "--lr", "5e-3", "--warmup-steps", "1"]
+
+
+# A model of a few thousand parameters and a quiet run: the journeys' common command-line options.
+TINY_CLI = ["--hidden-size", "32", "--num-layers", "1", "--d-state", "8", "--headdim", "16", "--num-heads", "2",
+            "--seq-len", "32", "--vocab-size", "300", "--threads", "1", "--progress", "false", "--plot", "false"]
+
+
+def write_book(path, chars: int):
+    """One text file of about ``chars`` characters of the interpreter's own text (the default MLM corpus)."""
+    from hydra_ssm.train.data import default_corpus
+
+    path.write_text("\n".join(default_corpus(chars)[0]))
+    return path

@@ -19,10 +19,9 @@ pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
 from hydra_ssm.cli import main  # noqa: E402
+from tiny_runs import TINY_CLI  # noqa: E402
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
-TINY = ["--hidden-size", "32", "--num-layers", "1", "--d-state", "8", "--headdim", "16", "--num-heads", "2",
-        "--seq-len", "32", "--vocab-size", "300", "--threads", "1", "--progress", "false", "--plot", "false"]
 NAMES = ("cooking", "sports")
 CUES = (["pan", "salt", "oven", "butter", "onion"], ["goal", "team", "match", "ball", "coach"])
 FILLER = ["the", "a", "of", "and", "to", "in", "was", "it", "on", "for", "with", "then", "very", "some", "that"]
@@ -59,7 +58,7 @@ def trained(tmp_path_factory):
     assert main(["train", "--task", "classify", "--train-file", str(d / "train.csv"), "--validation-file",
                  str(d / "validation.csv"), "--mixers", "hydra,mha", "--steps", "60", "--batch-size", "16",
                  "--lr", "5e-3", "--warmup-steps", "5", "--pooling", "mean", "--eval-every", "60", "--eval-batches", "0",
-                 "--output-dir", str(out), *TINY]) == 0
+                 "--output-dir", str(out), *TINY_CLI]) == 0
     return d, out
 
 

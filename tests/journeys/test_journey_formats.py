@@ -16,10 +16,10 @@ pytest.importorskip("transformers")
 pytest.importorskip("datasets")
 
 from hydra_ssm.cli import main  # noqa: E402
+from tiny_runs import TINY_CLI  # noqa: E402
 
-TINY = ["--hidden-size", "32", "--num-layers", "1", "--d-state", "8", "--headdim", "16", "--seq-len", "32",
-        "--vocab-size", "300", "--threads", "1", "--progress", "false", "--plot", "false", "--mixers", "hydra",
-        "--steps", "2", "--batch-size", "8", "--eval-every", "2", "--eval-batches", "0"]
+TINY = [*TINY_CLI, "--mixers", "hydra", "--steps", "2", "--batch-size", "8", "--eval-every", "2",
+        "--eval-batches", "0"]
 NAMES = ["bird", "fish", "tree"]
 WORDS = ["wing", "feather", "nest", "fin", "scale", "reef", "leaf", "bark", "root"]
 

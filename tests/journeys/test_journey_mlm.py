@@ -14,22 +14,21 @@ import pytest
 pytest.importorskip("transformers")
 
 from hydra_ssm.cli import main  # noqa: E402
+from tiny_runs import TINY_CLI, write_book  # noqa: E402
 from hydra_ssm.train import data as D  # noqa: E402
 from hydra_ssm.train.config import TrainConfig  # noqa: E402
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
-TINY = ["--hidden-size", "32", "--num-layers", "1", "--d-state", "8", "--headdim", "16", "--num-heads", "2",
-        "--seq-len", "32", "--vocab-size", "300", "--threads", "1", "--progress", "false", "--plot", "false"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("mlm")
-    (d / "book.txt").write_text("\n".join(D.default_corpus(20_000)[0]))
+    write_book(d / "book.txt", 20_000)
     out = d / "run"
     assert main(["train", "--train-file", str(d / "book.txt"), "--mixers", "hydra", "--steps", "4",
                  "--batch-size", "8", "--eval-every", "4", "--eval-batches", "0", "--output-dir", str(out),
-                 *TINY]) == 0
+                 *TINY_CLI]) == 0
     return d, out
 
 

@@ -9,16 +9,15 @@ pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
 from hydra_ssm.cli import main  # noqa: E402
-from hydra_ssm.train import data as D  # noqa: E402
+from tiny_runs import TINY_CLI, write_book  # noqa: E402
 
-TINY = ["--hidden-size", "32", "--num-layers", "2", "--d-state", "8", "--headdim", "16", "--num-heads", "2",
-        "--seq-len", "32", "--vocab-size", "300", "--threads", "1", "--progress", "false", "--plot", "false"]
+TINY = [*TINY_CLI, "--num-layers", "2"]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("plot")
-    (d / "book.txt").write_text("\n".join(D.default_corpus(15_000)[0]))
+    write_book(d / "book.txt", 15_000)
     out = d / "run"
     assert main(["train", "--train-file", str(d / "book.txt"), "--mixers", "hydra,mha", "--steps", "4",
                  "--batch-size", "8", "--eval-every", "2", "--eval-batches", "1", "--output-dir", str(out),

@@ -14,20 +14,18 @@ pytest.importorskip("accelerate")  # Trainer needs it: the hf and train extras i
 datasets = pytest.importorskip("datasets")
 
 from hydra_ssm.cli import main  # noqa: E402
-from hydra_ssm.train import data as D  # noqa: E402
+from tiny_runs import TINY_CLI, write_book  # noqa: E402
 
-TINY = ["--hidden-size", "32", "--num-layers", "1", "--d-state", "8", "--headdim", "16", "--seq-len", "32",
-        "--vocab-size", "300", "--threads", "1", "--progress", "false", "--plot", "false"]
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     d = tmp_path_factory.mktemp("pretrain")
-    (d / "book.txt").write_text("\n".join(D.default_corpus(15_000)[0]))
+    write_book(d / "book.txt", 15_000)
     out = d / "run"
     assert main(["train", "--train-file", str(d / "book.txt"), "--mixers", "hydra", "--steps", "3",
                  "--batch-size", "8", "--eval-every", "3", "--eval-batches", "1", "--output-dir", str(out),
-                 *TINY]) == 0
+                 *TINY_CLI]) == 0
     ck = out / "mlm" / "hydra" / "checkpoints"
     steps = sorted(p for p in os.listdir(ck) if p.startswith("step-") and (ck / p / "config.json").is_file())
     return ck / steps[-1]
