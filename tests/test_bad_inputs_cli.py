@@ -97,6 +97,8 @@ CASES = [
     ("classify val dir", None, [*CLS, "--validation-file", "{ws}/a_dir"], "--validation-file: {ws}/a_dir is a directory"),
     ("image train dir", None, [*T, "--task", "image", "--train-file", "{ws}/a_dir"], "--train-file: {ws}/a_dir is a directory; --task image reads one file"),
     ("compare with a table task", None, [*T, "--tasks", "mlm,classify", "--train-file", "{ws}/a_dir"], "--task classify reads one file"),
+    ("image data not an npz", None, [*T, "--task", "image", "--train-file", "{ws}/t.csv"], "--train-file: {ws}/t.csv is not an .npz archive"),
+    ("config a directory", None, [*T, "--config", "{ws}/a_dir"], "--config: {ws}/a_dir is a directory; expected a .yaml"),
     ("tokenizer-from a file", None, [*T, "--tokenizer-from", "{ws}/a_file"], "--tokenizer-from: {ws}/a_file is not a directory"),
     ("tokenizer-from empty dir", None, [*T, "--tokenizer-from", "{ws}/a_dir"], "--tokenizer-from: {ws}/a_dir has no tokenizer.json"),
     ("init-from not a model", None, [*CLS, "--init-from", "{ws}/a_dir"], "--init-from: {ws}/a_dir has no config.json"),

@@ -233,6 +233,8 @@ def coerce(name: str, value: Any) -> Any:
 
 
 def load_config_file(path: str) -> dict:
+    if os.path.isdir(path):
+        raise UsageError(f"--config: {path} is a directory; expected a .yaml, .yml, .toml or .json file")
     if not os.path.isfile(path):
         raise UsageError(f"--config: no such file: {path}")
     try:

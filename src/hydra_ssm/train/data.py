@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import sysconfig
+import zipfile
 import zlib
 from dataclasses import dataclass, field
 
@@ -530,6 +531,9 @@ def image_data(cfg: TrainConfig) -> TaskData:
 
 
 def _read_npz(path, what):
+    if not zipfile.is_zipfile(path):  # np.load would call anything else pickled data
+        raise UsageError(f"{what}: {path} is not an .npz archive; image data is written by "
+                         "numpy.savez(path, images=(N, [C,] H, W) array, labels=(N,) integers)")
     try:
         with np.load(path, allow_pickle=False) as z:
             if "images" not in z or "labels" not in z:
