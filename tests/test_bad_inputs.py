@@ -481,6 +481,7 @@ CASES = [
     pytest.param(lambda: model(HydraForImageClassification)(torch.randn(2, 1, 8, 8)), ValueError, r"pixel_values must have shape \(batch, 3, H, W\)", id="img-channels"),
     pytest.param(lambda: model(HydraForImageClassification)(torch.randn(2, 3, 12, 12)), ValueError, r"expected 8x8 images", id="img-size"),
     pytest.param(lambda: model(HydraForImageClassification)(), ValueError, r"pixel_values is required", id="img-none"),
+    pytest.param(lambda: model(HydraForImageClassification)(torch.randint(0, 255, (2, 3, 8, 8), dtype=torch.uint8)), ValueError, r"pixel_values must be a floating-point tensor .* got torch.uint8", id="img-uint8"),
     pytest.param(lambda: expect(model(HydraForImageClassification)(torch.randn(2, 3, 8, 8, dtype=torch.float64)).logits.dtype == torch.float32), None, "", id="img-float64-pixels"),
 ]
 

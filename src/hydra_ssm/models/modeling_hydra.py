@@ -557,6 +557,9 @@ class HydraPatchEmbeddings(nn.Module):
         need ``interpolate_pos_encoding=True`` (H and W multiples of patch_size)."""
         if pixel_values.dim() != 4 or pixel_values.shape[1] != self.num_channels:
             raise ValueError(f"pixel_values must have shape (batch, {self.num_channels}, H, W), got {tuple(pixel_values.shape)}")
+        if not pixel_values.is_floating_point():  # raw 0..255 pixels: the image processor rescales and normalises
+            raise ValueError(f"pixel_values must be a floating-point tensor (the image processor's output), got "
+                             f"{pixel_values.dtype}; pass images through HydraImageProcessor first")
         height, width = pixel_values.shape[-2:]
         if not interpolate_pos_encoding and (height, width) != (self.image_size, self.image_size):
             raise ValueError(f"expected {self.image_size}x{self.image_size} images (config.image_size), got "
