@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from hydra_ssm.ops import cauchy, low_rank, toeplitz, vandermonde
-from hydra_ssm.ops._tiled import tile_rows, tile_sizes
+from hydra_ssm.ops._tiled import tile_sizes
 
 # edges included: batch 0, length 0 and 1
 shapes = dict(b=st.sampled_from([1, 2, 0]), L=st.sampled_from([1, 2, 5, 7, 13, 31, 0]), h=st.integers(1, 3),
@@ -118,10 +118,10 @@ def test_tile_size_bounds_memory():
     rows, cols = tile_sizes(4, 16384)
     assert rows * cols * 4 <= 1 << 20 and cols < 16384  # one block is far below L x L per head
     assert tile_sizes(1, 5) == (5, 5)
-    assert tile_rows(1, 1, 5, None) == 5
+    assert tile_sizes(1, 5, 5) == (5, 5)
     assert tile_sizes(2, 100, 7, 9) == (7, 9)
     with pytest.raises(ValueError):
-        tile_rows(1, 1, 5, 0)
+        tile_sizes(1, 5, 0)
     with pytest.raises(ValueError):
         tile_sizes(1, 5, None, -1)
 

@@ -40,11 +40,6 @@ def tile_sizes(n: int, length: int, tile: int | None = None, col_tile: int | Non
     return max(1, rows), max(1, min(length, col_tile))
 
 
-def tile_rows(batch: int, nheads: int, length: int, tile: int | None) -> int:
-    """Rows per block (kept for callers that only tile rows)."""
-    return tile_sizes(batch * nheads, length, tile)[0]
-
-
 def check_mix_args(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
     """x (B, L, H, P); q, k (L, H, D) or (B|1, L, H, D); floating point, on x's device (see ``_shapes``)."""
     check_tensor(x, "x")
@@ -59,11 +54,6 @@ def check_mix_args(x: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> None:
                              f"(batch, seqlen, nheads) = {(b, l, h)}, got {tuple(t.shape)}")
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must have the same last dimension, got {q.shape[-1]} and {k.shape[-1]}")
-
-
-def work_dtype(*ts: torch.Tensor) -> torch.dtype:
-    """float32, or float64 if any input is float64."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in ts) else torch.float32
 
 
 def head_major(t: torch.Tensor, batch: int, work: torch.dtype) -> torch.Tensor:

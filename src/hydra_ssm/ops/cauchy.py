@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ._tiled import check_mix_args, from_head_major, head_major, spans, tile_sizes, work_dtype
+from ._shapes import compute_dtype
+from ._tiled import check_mix_args, from_head_major, head_major, spans, tile_sizes
 
 DEFAULT_TOL = 1e-8
 
@@ -119,7 +120,7 @@ def cauchy_mix(x, q, k, tol: float = DEFAULT_TOL, tile: int | None = None, col_t
     if x.numel() == 0:  # batch, length, heads or head dim 0: the reference gives the empty output
         return cauchy_ref(x, q, k, tol)
     b, length, h, _ = x.shape
-    work = work_dtype(x, q, k)
+    work = compute_dtype(x, q, k)
     rows, cols = tile_sizes(b * h, length, tile, col_tile)
     y = _CauchyMix.apply(head_major(x, b, work), head_major(q, b, work), head_major(k, b, work), float(tol), rows, cols)
     return from_head_major(y, b, x.dtype)

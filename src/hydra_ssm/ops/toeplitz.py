@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._shapes import check_tensor
+from ._shapes import check_tensor, compute_dtype
 
 
 def _check(x: torch.Tensor, kernel: torch.Tensor) -> None:
@@ -65,7 +65,7 @@ def toeplitz_fft(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     if x.numel() == 0:  # batch, length, heads or head dim 0: the reference gives the empty output
         return toeplitz_ref(x, kernel)
     b, l, h, p = x.shape
-    work = torch.float64 if torch.float64 in (x.dtype, kernel.dtype) else torch.float32
+    work = compute_dtype(x, kernel)
     n = _fft_size(2 * l - 1)  # circular size >= 2L - 1: no aliasing on the L outputs we keep
     xf = torch.fft.rfft(x.to(work).permute(0, 2, 3, 1), n=n)  # (B, H, P, n/2+1)
     kf = torch.fft.rfft(kernel.to(work), n=n)  # (.., H, n/2+1)

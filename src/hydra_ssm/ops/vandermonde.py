@@ -36,8 +36,8 @@ import math
 
 import torch
 
-from ._shapes import check_tensor
-from ._tiled import check_mix_args, from_head_major, head_major, spans, tile_sizes, work_dtype
+from ._shapes import check_tensor, compute_dtype
+from ._tiled import check_mix_args, from_head_major, head_major, spans, tile_sizes
 
 TWO_PI = 2 * math.pi
 
@@ -165,7 +165,7 @@ def vandermonde_mix(x, q, k, sign: float = -1.0, tile: int | None = None, col_ti
     if x.numel() == 0:  # batch, length, heads or head dim 0: the reference gives the empty output
         return vandermonde_ref(x, q, k, sign)
     b, length, h, _ = x.shape
-    work = work_dtype(x, q, k)
+    work = compute_dtype(x, q, k)
     rows, cols = tile_sizes(b * h, length, tile, col_tile)
     xh = head_major(x, b, work)
     y = _CosRowsMix.apply(xh, head_major(q, b, work), False, rows, cols)
@@ -195,7 +195,7 @@ def dft_cos_mix(x: torch.Tensor, n: int) -> torch.Tensor:
         raise ValueError(f"the DFT size n={n} must be at least the sequence length {length}")
     if x.numel() == 0:
         return dft_cos_ref(x, n)
-    work = torch.float64 if x.dtype == torch.float64 else torch.float32
+    work = compute_dtype(x)
     # rfft gives the non-negative frequencies; cos is even, so frequency t and n - t agree
     f = torch.fft.rfft(x.to(work), n=n, dim=1).real  # (B, n//2+1, H, P)
     t = torch.arange(length, device=x.device)
