@@ -9,6 +9,7 @@ from torch.autograd import gradcheck
 from hydra_ssm.ops import (
     quasiseparable_chunked,
     quasiseparable_matrix,
+    quasiseparable_minimal,
     quasiseparable_ref,
     quasiseparable_two_pass,
     semiseparable_chunked,
@@ -237,6 +238,24 @@ def test_quasiseparable_gradients_equal_reference(s, diag, states):
     for fn in (quasiseparable_chunked, quasiseparable_two_pass):
         fast = gradients((fn(*args, chunk_size=s["q"], initial_states=init),), weight, leaves)
         assert_gradients_close(fast, ref, names, fn.__name__)
+
+
+@given(shapes(), DIAGS, STATES)
+def test_quasiseparable_chunked_equals_minimal(s, diag, states):
+    """The fast scan (ops/chunked.py) against the one-page chunked form (ops/minimal.py), an independent
+    chunked reference (no code shared with the fast core): outputs and the gradients of every input."""
+    args = scan_inputs(s, diag=diag, requires_grad=True)
+    init = initial_states(s, states, requires_grad=True)
+    leaves = leaves_of(*args, init)
+    names = [n for n, t in zip(HYDRA_ARGS, args) if t is not None]
+    names += ["initial_states"] * (len(leaves) - len(names))
+    weight = (torch.randn(args[0].shape, generator=torch.Generator().manual_seed(s["seed"] + 2),
+                          dtype=torch.float64),)
+    y_fast = quasiseparable_chunked(*args, chunk_size=s["q"], initial_states=init)
+    y_min = quasiseparable_minimal(*args, chunk_size=s["q"], initial_states=init)
+    close_scaled(y_fast.detach(), y_min.detach(), 1e-9)
+    assert_gradients_close(gradients((y_fast,), weight, leaves), gradients((y_min,), weight, leaves), names,
+                           "chunked against minimal")
 
 
 def to_float32(t):
