@@ -43,6 +43,7 @@ The callers (``semiseparable.py``, ``quasiseparable.py``) prepare r, k, T with
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -61,6 +62,18 @@ _FLOAT32_LOG_DECAY_LIMIT = 256.0
 class Direction:
     lower: bool  # True: left to right (outputs read earlier positions)
     strict: bool  # True: the diagonal is excluded
+
+
+class DirectionTensors(NamedTuple):
+    """One direction's inputs, chunk-major (see the module notes); in the backward pass, their gradients."""
+
+    C: torch.Tensor  # (c, b, G, Q, N) output projections
+    B: torch.Tensor  # (c, b, G, Q, N) input projections
+    dt: torch.Tensor  # (c, b, H, Q) step sizes, >= 0
+    r: torch.Tensor  # (c, b, H, Q) log row decays
+    k: torch.Tensor  # (c, b, H, Q) log column decays
+    T: torch.Tensor  # (c, b, H) log decay across the whole chunk
+    init: torch.Tensor | None  # (b, H, N, P): the state entering the first chunk visited, or None
 
 
 def log_decays(dt: torch.Tensor, A: torch.Tensor, d: Direction, dtype: torch.dtype):
@@ -94,6 +107,11 @@ def _triangle(q: int, d: Direction, device) -> torch.Tensor:
     return ~(ones.tril(-offset) if d.lower else ones.triu(offset))
 
 
+def _on_or_below_diagonal(q: int, device) -> torch.Tensor:
+    """Boolean (Q, Q) mask of i >= j: Hydra's forward (strictly lower) triangle and the diagonal."""
+    return torch.ones(q, q, dtype=torch.bool, device=device).tril()
+
+
 def _slabs(nchunks: int, per_chunk: int):
     step = max(1, _SLAB_ELEMENTS // max(per_chunk, 1))
     for start in range(0, nchunks, step):
@@ -123,6 +141,11 @@ def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, accumulate: b
         torch.bmm(a, b, out=o)
 
 
+def _matvec(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """(..., Q, Q) @ (..., Q) -> (..., Q); einsum runs this as one reduction, far faster than a batched matmul."""
+    return torch.einsum("...ij,...j->...i", m, v)
+
+
 def _outer_difference(out: torch.Tensor, r, k) -> torch.Tensor:
     """out[..., i, j] = r_i - k_j."""
     if r.dtype == out.dtype:
@@ -133,6 +156,26 @@ def _outer_difference(out: torch.Tensor, r, k) -> torch.Tensor:
 def _decay_block(out: torch.Tensor, r, k, outside: torch.Tensor) -> torch.Tensor:
     """out = exp(r_i - k_j) inside the triangle, 0 outside: (s, b, H, Q, Q)."""
     return _outer_difference(out, r, k).masked_fill_(outside, float("-inf")).exp_()
+
+
+def _flatten(tensors: list[DirectionTensors]) -> list:
+    """The fields of every direction in one list, as autograd.Function takes its inputs."""
+    return [t for direction in tensors for t in direction]
+
+
+def _unflatten(flat, ndirs: int) -> list[DirectionTensors]:
+    """Inverse of :func:`_flatten`."""
+    width = len(DirectionTensors._fields)
+    return [DirectionTensors(*flat[width * i: width * (i + 1)]) for i in range(ndirs)]
+
+
+# ---------------------------------------------------------------- one direction's block
+def _one_direction_block(M, sl, t: DirectionTensors, outside, g):
+    """M = C_i . B_j dt_j exp(r_i - k_j) on the direction's triangle, 0 outside (chunks ``sl``)."""
+    _decay_block(M, t.r[sl], t.k[sl], outside)
+    M.mul_(t.dt[sl].unsqueeze(-2))
+    _by_group(M, g).mul_((t.C[sl] @ t.B[sl].transpose(-1, -2)).unsqueeze(3))
+    return M
 
 
 # ---------------------------------------------------------------- both directions in one block
@@ -154,53 +197,37 @@ def _log_dt_shift(dt, k):
     return k - torch.log(dt).to(k.dtype)
 
 
-def _shifted_pairs(dirs, dir_tensors):
-    """(r, k') of both directions for the bidirectional block, else None."""
-    if not _is_bidirectional(dirs):
-        return None
-    return tuple((t[3], _log_dt_shift(t[2], t[4])) for t in dir_tensors)
+def _exponent_block(E, work, below, sl, r_fwd, k_fwd, r_bwd, k_bwd, below_weight=None, above_weight=None):
+    """E = r_i - k_j of the forward direction below the diagonal, of the backward one above, -inf on it.
 
-
-def _exponent_block(E, work, lower, sl, fwd, bwd, masks=None):
-    """E = r_i - k'_j of the forward direction below the diagonal, of the backward one above, -inf on it.
-
-    ``masks``: ``lower`` and its complement as 0/1 floats, for finite exponents only
-    (the backward's): E_f * lower + E_b * upper is exact there and cheaper than the where.
+    ``below``: the (Q, Q) mask of i >= j. ``below_weight``, ``above_weight``: the same
+    mask and its complement as 0/1 floats, for finite exponents only (the backward's):
+    E_f * below + E_b * above is exact there and cheaper than the where.
     """
-    for buf, (r, kp) in ((E, fwd), (work, bwd)):
-        _outer_difference(buf, r[sl], kp[sl])
-    if masks is None:
-        torch.where(lower, E, work, out=E)
+    _outer_difference(E, r_fwd[sl], k_fwd[sl])
+    _outer_difference(work, r_bwd[sl], k_bwd[sl])
+    if below_weight is None:
+        torch.where(below, E, work, out=E)
     else:
-        E.mul_(masks[0]).addcmul_(work, masks[1])
+        E.mul_(below_weight).addcmul_(work, above_weight)
     E.diagonal(dim1=-2, dim2=-1).fill_(float("-inf"))
     return E
 
 
-def _combined_cb(sl, fwd_tensors, bwd_tensors, lower):
+def _combined_cb(sl, fwd: DirectionTensors, bwd: DirectionTensors, below):
     """(s, b, G, Q, Q): C_f . B_f below the diagonal, C_b . B_b above it."""
-    (Cf, Bf), (Cb, Bb) = fwd_tensors, bwd_tensors
-    return torch.where(lower, Cf[sl] @ Bf[sl].transpose(-1, -2), Cb[sl] @ Bb[sl].transpose(-1, -2))
+    return torch.where(below, fwd.C[sl] @ fwd.B[sl].transpose(-1, -2), bwd.C[sl] @ bwd.B[sl].transpose(-1, -2))
 
 
-def _intra_matrix(M, work, sl, dirs, dir_tensors, outside, g, shifted=None):
-    """M = C_i . B_j dt_j exp(r_i - k_j) on the triangle(s) of ``dirs`` (chunks ``sl``).
-
-    ``shifted``: for the bidirectional case, the (r, k') pairs of both directions.
-    """
-    if shifted is not None:
-        lower = outside[dirs[1]]  # the lower triangle and the diagonal (which is -inf in E)
-        _exponent_block(M, work, lower, sl, *shifted).exp_()
-        cb = _combined_cb(sl, dir_tensors[0][:2], dir_tensors[1][:2], lower)
-        _by_group(M, g).mul_(cb.unsqueeze(3))
-        return M
-    (d,), ((C, B, dt, r, k, _T, _init),) = dirs, dir_tensors
-    _decay_block(M, r[sl], k[sl], outside[d])
-    M.mul_(dt[sl].unsqueeze(-2))
-    _by_group(M, g).mul_((C[sl] @ B[sl].transpose(-1, -2)).unsqueeze(3))
+def _bidirectional_block(M, work, sl, fwd: DirectionTensors, bwd: DirectionTensors, k_dt_fwd, k_dt_bwd, below, g):
+    """M = C_i . B_j dt_j exp(r_i - k_j) of both directions (chunks ``sl``); ``k_dt_*``: the shifted k'."""
+    _exponent_block(M, work, below, sl, fwd.r, k_dt_fwd, bwd.r, k_dt_bwd).exp_()
+    cb = _combined_cb(sl, fwd, bwd, below)
+    _by_group(M, g).mul_(cb.unsqueeze(3))
     return M
 
 
+# ---------------------------------------------------------------- across chunks
 def _chunk_states(x, B, dt, k, T, g):
     """S = sum_j exp(T - k_j) dt_j B_j x_j^T for every chunk: (c, b, H, N, P)."""
     c, b, h, q, p = x.shape
@@ -225,34 +252,45 @@ def _carry_in_place(S, T, init, lower: bool):
 class _ChunkScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, dirs, chunk_size, x_seq, *flat):
-        # x_seq: (b, L, H, P); flat: 7 tensors per direction (C, B, dt, r, k, T, init-or-None)
+        # x_seq: (b, L, H, P); flat: the fields of every direction (see _flatten), init None where absent.
         # x is chunked here rather than by the caller so that only x_seq is saved.
         x = to_chunks(x_seq, chunk_size)
-        dir_tensors = [flat[7 * i: 7 * i + 7] for i in range(len(dirs))]
+        tensors = _unflatten(flat, len(dirs))
         c, b, h, q, p = x.shape
-        g = dir_tensors[0][0].shape[2]
-        outside = {d: _triangle(q, d, x.device) for d in dirs}
+        g = tensors[0].C.shape[2]
 
+        # 1-2. every direction's chunk states, then the carries: S becomes the state entering each chunk
         entering, finals = [], []
-        for d, (C, B, dt, r, k, T, init) in zip(dirs, dir_tensors):
-            S = _chunk_states(x, B, dt, k, T, g)
-            finals.append(_carry_in_place(S, T, init, d.lower))
+        for d, t in zip(dirs, tensors):
+            S = _chunk_states(x, t.B, t.dt, t.k, t.T, g)
+            finals.append(_carry_in_place(S, t.T, t.init, d.lower))
             entering.append(S)
 
+        # 3. outputs, slab by slab: y = M x with M the diagonal blocks, plus exp(r_i) C_i . (entering state)
+        bidirectional = _is_bidirectional(dirs)
+        if bidirectional:
+            fwd, bwd = tensors
+            below = _on_or_below_diagonal(q, x.device)
+            k_dt_fwd, k_dt_bwd = _log_dt_shift(fwd.dt, fwd.k), _log_dt_shift(bwd.dt, bwd.k)
+        else:
+            (d,), (one,) = dirs, tensors
+            outside = _triangle(q, d, x.device)
         y = torch.empty_like(x)
-        shifted = _shifted_pairs(dirs, dir_tensors)
         M = work = None
         for sl in _slabs(c, b * h * q * q):
             shape = (sl.stop - sl.start, b, h, q, q)
             if M is None or M.shape != shape:
-                M, work = x.new_empty(shape), (x.new_empty(shape) if shifted is not None else None)
-            _intra_matrix(M, work, sl, dirs, dir_tensors, outside, g, shifted)
+                M, work = x.new_empty(shape), (x.new_empty(shape) if bidirectional else None)
+            if bidirectional:
+                _bidirectional_block(M, work, sl, fwd, bwd, k_dt_fwd, k_dt_bwd, below, g)
+            else:
+                _one_direction_block(M, sl, one, outside, g)
             _bmm_into(y[sl], M, x[sl], False)
-            for (C, _B, _dt, r, _k, _T, _i), ent in zip(dir_tensors, entering):
-                _bmm_into(y[sl], _per_head(C[sl], torch.exp(r[sl]).to(x.dtype)), ent[sl], True)
+            for t, ent in zip(tensors, entering):
+                _bmm_into(y[sl], _per_head(t.C[sl], torch.exp(t.r[sl]).to(x.dtype)), ent[sl], True)
 
         ctx.dirs, ctx.chunk_size = dirs, chunk_size
-        ctx.has_init = [t[6] is not None for t in dir_tensors]
+        ctx.has_init = [t.init is not None for t in tensors]
         ctx.save_for_backward(x_seq, *[t if t is not None else x.new_empty(0) for t in flat])
         return (from_chunks(y, x_seq.shape[1]), *finals)
 
@@ -262,19 +300,24 @@ class _ChunkScan(torch.autograd.Function):
         dirs = ctx.dirs
         x = to_chunks(x_seq, ctx.chunk_size)
         dy = to_chunks(dy, ctx.chunk_size)
-        dir_tensors = []
-        for i in range(len(dirs)):
-            C, B, dt, r, k, T, init = flat[7 * i: 7 * i + 7]
-            dir_tensors.append((C, B, dt, r, k, T, init if ctx.has_init[i] else None))
+        tensors = [t if has_init else t._replace(init=None)
+                   for t, has_init in zip(_unflatten(flat, len(dirs)), ctx.has_init)]
         c, b, h, q, p = x.shape
-        g = dir_tensors[0][0].shape[2]
+        g = tensors[0].C.shape[2]
         dx = torch.empty_like(x)
-        grads = [_states_backward(d, tensors, dfinal, x, dy, dx, g, accumulate=n > 0)
-                 for n, (d, tensors, dfinal) in enumerate(zip(dirs, dir_tensors, dfinals))]
 
-        # ---- inside the chunks, slab by slab; both directions share dM = dy x^T and dx += M^T dy
-        outside = {d: _triangle(q, d, x.device) for d in dirs}
+        # 1-2 reversed, one direction at a time: the across-chunk terms (entering states, carries,
+        # chunk states), which also write dx's part through the chunk states
+        grads = [_states_backward(d, t, dfinal, x, dy, dx, g, accumulate=n > 0)
+                 for n, (d, t, dfinal) in enumerate(zip(dirs, tensors, dfinals))]
+
+        # 3 reversed, inside the chunks, slab by slab: both directions share dM = dy x^T and dx += M^T dy
         bidirectional = _is_bidirectional(dirs)
+        if bidirectional:
+            below = _on_or_below_diagonal(q, x.device)
+        else:
+            (d,), (one,), (grad,) = dirs, tensors, grads
+            outside = _triangle(q, d, x.device)
         bufs = None
         for sl in _slabs(c, b * h * q * q):
             shape = (sl.stop - sl.start, b, h, q, q)
@@ -284,14 +327,13 @@ class _ChunkScan(torch.autograd.Function):
             xs, dys = x[sl], dy[sl]
             _bmm_into(dM, dys, xs.transpose(-1, -2), False)  # dM = dy x^T
             if bidirectional:
-                _bidirectional_block_backward(M, dM, K, KC, sl, dirs, dir_tensors, grads, outside, g)
+                _bidirectional_block_backward(M, dM, K, KC, sl, tensors, grads, below, g)
                 _bmm_into(dx[sl], M.transpose(-1, -2), dys, True)  # dx += M^T dy
                 continue
-            # one direction (the causal SSD)
-            (d,), ((C, B, dt, r, k, _T, _init),), (gr,) = dirs, dir_tensors, grads
-            Cs, Bs, dts = C[sl], B[sl], dt[sl]
+            # one direction (the causal SSD): M = CB * decay * dt_j with decay = exp(r_i - k_j) on the triangle
+            Cs, Bs, dts = one.C[sl], one.B[sl], one.dt[sl]
             CB = (Cs @ Bs.transpose(-1, -2)).unsqueeze(3)  # (s, b, G, 1, Q, Q)
-            decay = _decay_block(K, r[sl], k[sl], outside[d])
+            decay = _decay_block(K, one.r[sl], one.k[sl], outside)
             # the value matrix, for dx
             torch.mul(decay, dts.unsqueeze(-2), out=M)
             _by_group(M, g).mul_(CB)
@@ -299,19 +341,18 @@ class _ChunkScan(torch.autograd.Function):
             K.mul_(dM)
             torch.mul(_by_group(K, g), CB, out=_by_group(KC, g))
             col = KC.sum(-2)  # sum_i KC[i, j]
-            gr[2][sl] += col  # d dt_j (direct)
-            gr[3][sl] += _matvec(KC, dts)  # d r_i = sum_j KC_ij dt_j
-            gr[4][sl] -= col * dts  # d k_j
-            dCB = _by_group(K.mul_(dts.unsqueeze(-2)), g).sum(3)  # (s, b, G, Q, Q)
-            gr[0][sl] += dCB @ Bs
-            gr[1][sl] += dCB.transpose(-1, -2) @ Cs
+            grad.dt[sl] += col  # d dt_j (direct)
+            grad.r[sl] += _matvec(KC, dts)  # d r_i = sum_j KC_ij dt_j
+            grad.k[sl] -= col * dts  # d k_j
+            dCB = _by_group(K.mul_(dts.unsqueeze(-2)), g).sum(3)  # (s, b, G, Q, Q): summed over the group's heads
+            grad.C[sl] += dCB @ Bs
+            grad.B[sl] += dCB.transpose(-1, -2) @ Cs
             _bmm_into(dx[sl], M.transpose(-1, -2), dys, True)  # dx += M^T dy
 
-        flat_grads = [t for gr in grads for t in gr]
-        return (None, None, from_chunks(dx, x_seq.shape[1]), *flat_grads)
+        return (None, None, from_chunks(dx, x_seq.shape[1]), *_flatten(grads))
 
 
-def _bidirectional_block_backward(M, dM, X, W, sl, dirs, dir_tensors, grads, outside, g):
+def _bidirectional_block_backward(M, dM, X, W, sl, tensors, grads, below, g):
     """Gradients of the combined Hydra block; leaves the block M in ``M`` for dx.
 
     M = CB * exp(E) * dt_j with E = r_i - k_j (the unshifted log-decays) and dt_j the
@@ -322,96 +363,93 @@ def _bidirectional_block_backward(M, dM, X, W, sl, dirs, dir_tensors, grads, out
 
         d dt_j = sum_i KC_ij,   dr_i = sum_j KC_ij dt_j,   dk_j = -dt_j d dt_j,
         dCB    = sum over the group's heads of dM * exp(E) * dt_j.
+
+    ``X``, ``W``: (s, b, H, Q, Q) work buffers; ``dM`` is overwritten.
     """
-    (Cf, Bf, dtf, rf, kf, _Tf, _if), (Cb, Bb, dtb, rb, kb, _Tb, _ib) = dir_tensors
-    lower = outside[dirs[1]]  # the lower triangle and the diagonal (which is -inf in E)
-    in_lower = lower.to(X.dtype)
-    masks = (in_lower, 1 - in_lower)
-    _exponent_block(X, W, lower, sl, (rf, kf), (rb, kb), masks).exp_()  # X = exp(E)
-    dts = (dtf[sl], dtb[sl])
+    fwd, bwd = tensors
+    below_weight = below.to(X.dtype)
+    above_weight = 1 - below_weight
+    _exponent_block(X, W, below, sl, fwd.r, fwd.k, bwd.r, bwd.k, below_weight, above_weight).exp_()  # X = exp(E)
+    dt_fwd, dt_bwd = fwd.dt[sl], bwd.dt[sl]
     # W[i, j] = dt_j of the direction owning (i, j); exact (one of the two terms is 0), cheaper than a where
-    torch.mul(dts[0].unsqueeze(-2), masks[0], out=W).addcmul_(dts[1].unsqueeze(-2), masks[1])
-    cb = _combined_cb(sl, (Cf, Bf), (Cb, Bb), lower).unsqueeze(3)
+    torch.mul(dt_fwd.unsqueeze(-2), below_weight, out=W).addcmul_(dt_bwd.unsqueeze(-2), above_weight)
+    cb = _combined_cb(sl, fwd, bwd, below).unsqueeze(3)
     torch.mul(_by_group(X, g), cb, out=_by_group(M, g))  # M = CB exp(E)
     X.mul_(dM)  # dM exp(E)
     KC = dM.mul_(M)
     M.mul_(W)  # the block itself, for dx
     dcb = _by_group(X.mul_(W), g).sum(3)  # (s, b, G, Q, Q)
     # each direction's part of KC, exactly (a product with a 0/1 mask, then the rest; KC's diagonal is 0)
-    below = torch.mul(KC, in_lower, out=W)
-    above = KC.sub_(below)
-    for (C, B, *_), gr, dt_s, kc, dcb_d in zip(dir_tensors, grads, dts, (below, above), (dcb.tril(-1), dcb.triu(1))):
+    kc_below = torch.mul(KC, below_weight, out=W)
+    kc_above = KC.sub_(kc_below)
+    for t, grad, dts, kc, dcb_part in zip(tensors, grads, (dt_fwd, dt_bwd), (kc_below, kc_above),
+                                          (dcb.tril(-1), dcb.triu(1))):
         col = kc.sum(-2)
-        gr[2][sl] += col
-        gr[3][sl] += _matvec(kc, dt_s)
-        gr[4][sl] -= col * dt_s
-        gr[0][sl] += dcb_d @ B[sl]
-        gr[1][sl] += dcb_d.transpose(-1, -2) @ C[sl]
+        grad.dt[sl] += col
+        grad.r[sl] += _matvec(kc, dts)
+        grad.k[sl] -= col * dts
+        grad.C[sl] += dcb_part @ t.B[sl]
+        grad.B[sl] += dcb_part.transpose(-1, -2) @ t.C[sl]
 
 
-def _matvec(m: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """(..., Q, Q) @ (..., Q) -> (..., Q); einsum runs this as one reduction, far faster than a batched matmul."""
-    return torch.einsum("...ij,...j->...i", m, v)
-
-
-def _states_backward(d, tensors, dfinal, x, dy, dx, g, accumulate):
+def _states_backward(d, t: DirectionTensors, dfinal, x, dy, dx, g, accumulate) -> DirectionTensors:
     """Gradients of one direction's across-chunk terms; writes (or adds) its part of dx.
 
-    Returns [dC, dB, ddt, dr, dk, dT, dinit] (the intra-chunk terms are added later).
+    Returns the gradients of t's fields (the intra-chunk terms are added later).
     One direction at a time, so only its entering states and their gradients are alive.
     """
-    C, B, dt, r, k, T, init = tensors
     c, b, h, q, p = x.shape
-    gr = [torch.zeros_like(C), torch.zeros_like(B), torch.zeros_like(dt), torch.zeros_like(r),
-          torch.zeros_like(k), torch.zeros_like(T), None]
-    # recompute the states entering each chunk
-    ent = _chunk_states(x, B, dt, k, T, g)
-    _carry_in_place(ent, T, init, d.lower)
+    # recompute the states entering each chunk (forward steps 1-2)
+    ent = _chunk_states(x, t.B, t.dt, t.k, t.T, g)
+    _carry_in_place(ent, t.T, t.init, d.lower)
     # gradient w.r.t. the entering states from the outputs: (C_i exp(r_i))^T dy
     dS = torch.empty_like(ent)
-    slabs = list(_slabs(c, b * h * q * max(p, C.shape[-1])))
+    slabs = list(_slabs(c, b * h * q * max(p, t.C.shape[-1])))
     for sl in slabs:
-        _bmm_into(dS[sl], _per_head(C[sl], torch.exp(r[sl]).to(x.dtype)).transpose(-1, -2), dy[sl], False)
-    # reverse of the carry, in place: dS becomes the gradient w.r.t. each chunk's state S
-    decay = torch.exp(T).to(x.dtype)[..., None, None]
+        _bmm_into(dS[sl], _per_head(t.C[sl], torch.exp(t.r[sl]).to(x.dtype)).transpose(-1, -2), dy[sl], False)
+    # reverse of the carry, in place: dS becomes the gradient w.r.t. each chunk's state S;
+    # what is left after the first chunk visited is the initial state's gradient
+    decay = torch.exp(t.T).to(x.dtype)[..., None, None]
     state_grad = torch.zeros_like(ent[0]) if dfinal is None else dfinal
     for ci in (range(c - 1, -1, -1) if d.lower else range(c)):
         to_prev = torch.addcmul(dS[ci], decay[ci], state_grad)
         dS[ci].copy_(state_grad)
         state_grad = to_prev
-    if init is not None:
-        gr[6] = state_grad
+    grad = DirectionTensors(C=torch.zeros_like(t.C), B=torch.zeros_like(t.B), dt=torch.zeros_like(t.dt),
+                            r=torch.zeros_like(t.r), k=torch.zeros_like(t.k), T=torch.zeros_like(t.T),
+                            init=None if t.init is None else state_grad)
     for sl in slabs:
-        Cs, Bs, dts, rs, ks, Ts, ents, dSs, xs, dys = (t[sl] for t in (C, B, dt, r, k, T, ent, dS, x, dy))
-        gr[5][sl] += (decay[sl, ..., 0, 0] * (dSs * ents).sum((-1, -2))).to(gr[5].dtype)  # H_next = e^T H + S
+        Cs, Bs, dts, rs, ks, Ts = t.C[sl], t.B[sl], t.dt[sl], t.r[sl], t.k[sl], t.T[sl]
+        ents, dSs, xs, dys = ent[sl], dS[sl], x[sl], dy[sl]
+        # the carry H_next = exp(T) H + S
+        grad.T[sl] += (decay[sl, ..., 0, 0] * (dSs * ents).sum((-1, -2))).to(grad.T.dtype)
         # outputs: y_i += exp(r_i) C_i^T entering
         er = torch.exp(rs).to(x.dtype)
         dCe = dys @ ents.transpose(-1, -2)  # (s, b, H, Q, N)
-        gr[0][sl] += (_by_group(dCe, g) * _by_group(er, g).unsqueeze(-1)).sum(3)
-        gr[3][sl] += (dCe * _per_head(Cs, er)).sum(-1)
+        grad.C[sl] += (_by_group(dCe, g) * _by_group(er, g).unsqueeze(-1)).sum(3)
+        grad.r[sl] += (dCe * _per_head(Cs, er)).sum(-1)
         # chunk states: S = sum_j w_j B_j x_j^T with w = exp(T - k) dt
         ew = torch.exp(Ts.unsqueeze(-1) - ks).to(x.dtype)
         w = ew * dts
         dBw = xs @ dSs.transpose(-1, -2)  # (s, b, H, Q, N)
-        gr[1][sl] += (_by_group(dBw, g) * _by_group(w, g).unsqueeze(-1)).sum(3)
+        grad.B[sl] += (_by_group(dBw, g) * _by_group(w, g).unsqueeze(-1)).sum(3)
         dw = (_by_group(dBw, g) * Bs.unsqueeze(3)).sum(-1).flatten(2, 3)
-        gr[2][sl] += dw * ew
+        grad.dt[sl] += dw * ew
         dww = dw * w
-        gr[5][sl] += dww.sum(-1)
-        gr[4][sl] -= dww
-        _bmm_into(dx[sl], _per_head(Bs, w), dSs, accumulate)
-    return gr
+        grad.T[sl] += dww.sum(-1)
+        grad.k[sl] -= dww
+        _bmm_into(dx[sl], _per_head(Bs, w), dSs, accumulate)  # dx_j (+)= w_j B_j . dS
+    return grad
 
 
-def chunk_scan(dirs, x, chunk_size, dir_tensors):
+def chunk_scan(dirs, x, chunk_size, tensors: list[DirectionTensors]):
     """Run the chunked scan on x (b, L, H, P) with chunks of ``chunk_size``.
 
-    ``dir_tensors``: one (C, B, dt, r, k, T, init) tuple per direction, in the
-    chunk-major layout. Returns (y (b, L, H, P), [final state per direction])
-    with states in (b, H, N, P).
+    ``tensors``: one :class:`DirectionTensors` per direction, in the chunk-major
+    layout. Returns (y (b, L, H, P), [final state per direction]) with states in
+    (b, H, N, P).
     """
     if len(dirs) != 1 and not _is_bidirectional(dirs):
         raise ValueError(f"chunk_scan runs one direction or a strict (lower, upper) pair, got {dirs}")
-    flat = [t for tensors in dir_tensors for t in tensors]
-    y, *finals = _ChunkScan.apply(tuple(dirs), chunk_size, x, *flat)
+    y, *finals = _ChunkScan.apply(tuple(dirs), chunk_size, x, *_flatten(tensors))
     return y, finals

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ._layout import check_chunk_size, to_chunks
 from ._shapes import check_hydra_args, compute_dtype
-from .chunked import Direction, chunk_scan, log_decays
+from .chunked import Direction, DirectionTensors, chunk_scan, log_decays
 from .reference import quasiseparable_ref
 from .semiseparable import semiseparable_chunked
 
@@ -74,7 +74,8 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
         dtc = to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1)
         r, k, total = log_decays(dtc, A, direction, cdt)
         init = None if s0 is None else s0.to(cdt).transpose(-1, -2).contiguous()
-        dirs.append((to_chunks(C.to(cdt), q), to_chunks(B.to(cdt), q), dtc, r, k, total, init))
+        dirs.append(DirectionTensors(C=to_chunks(C.to(cdt), q), B=to_chunks(B.to(cdt), q), dt=dtc, r=r, k=k, T=total,
+                                     init=init))
     y, _ = chunk_scan([FORWARD, BACKWARD], x.to(cdt), q, dirs)
     return _add_diag(y, x.to(cdt), None if D is None else D.to(cdt)).to(out_dtype)
 

@@ -6,7 +6,7 @@ import torch
 
 from ._layout import check_chunk_size, to_chunks
 from ._shapes import check_ssm_args, check_state, check_step_sizes, compute_dtype
-from .chunked import Direction, chunk_scan, log_decays
+from .chunked import Direction, DirectionTensors, chunk_scan, log_decays
 from .reference import semiseparable_ref
 
 CAUSAL = Direction(lower=True, strict=False)
@@ -42,7 +42,8 @@ def semiseparable_chunked(x, dt, A, B, C, chunk_size: int = 64, initial_states=N
     Bc, Cc = (to_chunks(t.to(cdt), q) for t in (B, C))  # (c, b, G, Q, N)
     r, k, total = log_decays(dtc, A, CAUSAL, cdt)
     init = None if initial_states is None else initial_states.to(cdt).transpose(-1, -2).contiguous()
-    y, (final,) = chunk_scan([CAUSAL], x.to(cdt), q, [(Cc, Bc, dtc, r, k, total, init)])
+    scan = DirectionTensors(C=Cc, B=Bc, dt=dtc, r=r, k=k, T=total, init=init)
+    y, (final,) = chunk_scan([CAUSAL], x.to(cdt), q, [scan])
     y = y.to(out_dtype)
     if return_final_states:
         return y, final.transpose(-1, -2).to(out_dtype)
