@@ -8,14 +8,15 @@ chunked input x:
 * an upper (right-to-left) direction: outputs read inputs j > i, states
   carried from the last chunk to the first.
 
-Chunk-major layout (c chunks of Q positions, batch b, heads H, groups G):
+Chunk-major layout (c chunks of Q positions, batch b, heads H, groups G). x is
+shared; each direction is one :class:`DirectionTensors` record (its fields below):
 
     x        (c, b, H, Q, P)     value stream
-    C, B     (c, b, G, Q, N)     per direction; head h uses group h // (H/G)
-    dt       (c, b, H, Q)        per direction, >= 0
-    r, k     (c, b, H, Q)        per direction: log row / column decays
-    T        (c, b, H)           per direction: log decay across the whole chunk
-    init     (b, H, N, P)|None   per direction: state entering the first chunk visited
+    C, B     (c, b, G, Q, N)     head h uses group h // (H/G)
+    dt       (c, b, H, Q)        >= 0
+    r, k     (c, b, H, Q)        log row / column decays
+    T        (c, b, H)           log decay across the whole chunk
+    init     (b, H, N, P)|None   state entering the first chunk visited
 
 Every direction is described by the same three log-decays, all <= 0 where they
 are used, so nothing overflows for any length or step size:
@@ -36,8 +37,29 @@ Q x Q temporaries stay small, are reused, and memory stays O(L):
    exponential with dt folded into the column decays (see
    ``_exponent_block``).
 
+The backward pass (``_ChunkScan.backward``) runs the same steps in reverse, with
+no saved intermediates beyond the inputs (memory stays O(L)):
+
+1-2. per direction (``_states_backward``): recompute the entering states; their
+   gradient from the outputs, (exp(r_i) C_i)^T dy; the carry reversed (a loop over
+   chunks in the other order), which turns it into the gradient of every chunk
+   state S and leaves the initial state's gradient; then, slab by slab, the
+   gradients of the across-chunk terms (C, r, T) and of the chunk states (B, dt,
+   k, T), and dx's part through S;
+3. inside the chunks, slab by slab: dM = dy x^T, shared by both directions; the
+   block M is rebuilt with dt as a factor (not folded into the exponent, so the
+   dt gradient is right at dt = 0), then d dt, dr, dk, dC, dB from dM * M's
+   factors, and dx += M^T dy.
+
+Gradients are a :class:`DirectionTensors` per direction too, addressed by field.
+
 The callers (``semiseparable.py``, ``quasiseparable.py``) prepare r, k, T with
 :func:`log_decays`, under ordinary autograd.
+
+Host synchronisation: :func:`log_decays` reads the largest decay across a chunk
+of every direction, in one synchronisation, to choose float32 or float64
+log-decays; that and the callers' dt >= 0 check are the scan's only ones (both
+are skipped while compiling).
 """
 
 from __future__ import annotations
@@ -76,15 +98,16 @@ class DirectionTensors(NamedTuple):
     init: torch.Tensor | None  # (b, H, N, P): the state entering the first chunk visited, or None
 
 
-def log_decays(dt: torch.Tensor, A: torch.Tensor, d: Direction, dtype: torch.dtype):
-    """Row, column and chunk log-decays (r, k, T) of one direction.
+class LogDecays(NamedTuple):
+    """One direction's log-decays (see :func:`log_decays`)."""
 
-    dt: (c, b, H, Q) step sizes, A: (H,). For the lower direction
-    r_i - k_j = sum_{l=j+1..i-1} dt_l A (strict) or sum_{l=j+1..i} (inclusive);
-    for the upper direction r_i - k_j = sum_{l=i+1..j-1} dt_l A. T is the
-    chunk's total. The sums are formed in float64 and kept in float64 when a
-    chunk's total decay is so large that float32 would round the differences.
-    """
+    r: torch.Tensor  # (c, b, H, Q) row log-decays
+    k: torch.Tensor  # (c, b, H, Q) column log-decays
+    T: torch.Tensor  # (c, b, H) the chunk's total
+
+
+def _log_decays_float64(dt: torch.Tensor, A: torch.Tensor, d: Direction) -> LogDecays:
+    """(r, k, T) of one direction in float64; dt: (c, b, H, Q), A: (H,)."""
     log_a = dt.double() * A.double()[:, None]
     cs = torch.cumsum(log_a, dim=-1)  # sum over chunk start .. i
     ecs = cs - log_a  # sum over chunk start .. i-1
@@ -94,10 +117,29 @@ def log_decays(dt: torch.Tensor, A: torch.Tensor, d: Direction, dtype: torch.dty
     else:
         tot = total.unsqueeze(-1)
         r, k = tot - cs, tot - (ecs if d.strict else cs)
-    if dtype != torch.float64 and (torch.compiler.is_compiling()
-                                   or float(-total.detach().min()) <= _FLOAT32_LOG_DECAY_LIMIT):
-        r, k, total = r.to(dtype), k.to(dtype), total.to(dtype)
-    return r, k, total
+    return LogDecays(r, k, total)
+
+
+def log_decays(dts: list[torch.Tensor], A: torch.Tensor, dirs: list[Direction], dtype: torch.dtype) -> list[LogDecays]:
+    """Row, column and chunk log-decays (r, k, T) of every direction.
+
+    dts: one (c, b, H, Q) step-size tensor per direction, A: (H,). For the lower
+    direction r_i - k_j = sum_{l=j+1..i-1} dt_l A (strict) or sum_{l=j+1..i}
+    (inclusive); for the upper direction r_i - k_j = sum_{l=i+1..j-1} dt_l A. T is
+    the chunk's total. The sums are formed in float64 and, per direction, kept in
+    float64 when a chunk's total decay is so large that float32 would round the
+    differences, else rounded to ``dtype``. Reading those largest decays is one
+    host synchronisation for all directions (none while compiling: ``dtype`` then).
+    """
+    decays = [_log_decays_float64(dt, A, d) for dt, d in zip(dts, dirs)]
+    if dtype == torch.float64:
+        return decays
+    if torch.compiler.is_compiling():
+        narrow = [True] * len(decays)
+    else:
+        largest = torch.stack([-dec.T.detach().min() for dec in decays]).tolist()
+        narrow = [value <= _FLOAT32_LOG_DECAY_LIMIT for value in largest]  # NaN: kept in float64, as it was
+    return [LogDecays(*(t.to(dtype) for t in dec)) if n else dec for dec, n in zip(decays, narrow)]
 
 
 def _triangle(q: int, d: Direction, device) -> torch.Tensor:

@@ -88,7 +88,7 @@ def quasiseparable_minimal(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
         # Nothing to scan: the reference gives the empty output. (A dynamic size while tracing is no
         # plain int: the graph keeps no branch on it.)
         return quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states=initial_states)
-    cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D)
+    cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, state0_fwd, state0_bwd)
     q = chunk_size
     # Padded length c Q with c = L // Q + 2 >= 2 chunks: no size in a traced graph can then be 1 or equal L,
     # so torch.export needs no guard that would tie the graph to lengths on one side of such a boundary.

@@ -63,19 +63,19 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
     if b == 0 or l == 0:  # nothing to scan; the reference gives the empty output and zero gradients
         return quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states)
     out_dtype = x.dtype
-    cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D)
+    cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, s_fwd, s_bwd)
     q = min(chunk_size, l)
     # Output i reads C_f[i-1] (forward) and C_b[i+1] (backward).
     C_fwd = F.pad(C_fwd.to(cdt), (0, 0, 0, 0, 1, 0))[:, :l]
     C_bwd = F.pad(C_bwd.to(cdt), (0, 0, 0, 0, 0, 1))[:, 1:]
 
+    dts = [to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1) for dt in (dt_fwd, dt_bwd)]  # (c, b, H, Q)
+    decays = log_decays(dts, A, [FORWARD, BACKWARD], cdt)
     dirs = []
-    for direction, dt, B, C, s0 in ((FORWARD, dt_fwd, B_fwd, C_fwd, s_fwd), (BACKWARD, dt_bwd, B_bwd, C_bwd, s_bwd)):
-        dtc = to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1)
-        r, k, total = log_decays(dtc, A, direction, cdt)
+    for dtc, dec, B, C, s0 in zip(dts, decays, (B_fwd, B_bwd), (C_fwd, C_bwd), (s_fwd, s_bwd)):
         init = None if s0 is None else s0.to(cdt).transpose(-1, -2).contiguous()
-        dirs.append(DirectionTensors(C=to_chunks(C.to(cdt), q), B=to_chunks(B.to(cdt), q), dt=dtc, r=r, k=k, T=total,
-                                     init=init))
+        dirs.append(DirectionTensors(C=to_chunks(C.to(cdt), q), B=to_chunks(B.to(cdt), q), dt=dtc, r=dec.r, k=dec.k,
+                                     T=dec.T, init=init))
     y, _ = chunk_scan([FORWARD, BACKWARD], x.to(cdt), q, dirs)
     return _add_diag(y, x.to(cdt), None if D is None else D.to(cdt)).to(out_dtype)
 
@@ -90,7 +90,7 @@ def quasiseparable_two_pass(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=
     """The same mixer as :func:`quasiseparable_chunked`, computed as two causal
     scans: one on x, one on the flipped x (same arguments)."""
     _, (s_fwd, s_bwd) = _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, initial_states)
-    cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D)
+    cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, s_fwd, s_bwd)
     xf = x.to(cdt)
     y_fwd = semiseparable_chunked(xf, dt_fwd, A, B_fwd, C_fwd, chunk_size, s_fwd)
     flip = lambda t: t.flip(1)  # noqa: E731

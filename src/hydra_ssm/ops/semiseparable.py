@@ -40,9 +40,9 @@ def semiseparable_chunked(x, dt, A, B, C, chunk_size: int = 64, initial_states=N
 
     dtc = to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1)  # (c, b, H, Q)
     Bc, Cc = (to_chunks(t.to(cdt), q) for t in (B, C))  # (c, b, G, Q, N)
-    r, k, total = log_decays(dtc, A, CAUSAL, cdt)
+    (decays,) = log_decays([dtc], A, [CAUSAL], cdt)
     init = None if initial_states is None else initial_states.to(cdt).transpose(-1, -2).contiguous()
-    scan = DirectionTensors(C=Cc, B=Bc, dt=dtc, r=r, k=k, T=total, init=init)
+    scan = DirectionTensors(C=Cc, B=Bc, dt=dtc, r=decays.r, k=decays.k, T=decays.T, init=init)
     y, (final,) = chunk_scan([CAUSAL], x.to(cdt), q, [scan])
     y = y.to(out_dtype)
     if return_final_states:
