@@ -342,6 +342,17 @@ def test_half_precision_accumulates_in_float32(dtype):
     assert err < 1e-2  # only the output rounding remains
 
 
+@pytest.mark.parametrize("fn", [quasiseparable_chunked, quasiseparable_two_pass, quasiseparable_minimal])
+def test_float64_initial_state_makes_the_work_float64(fn):
+    """Any float64 input, the initial states included, runs the work in float64; the output keeps x's dtype."""
+    args = [t.float() for t in hydra_inputs(1, 9, 2, 3, 1, 4)]
+    state = torch.randn(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 1e3
+    y = fn(*args, chunk_size=4, initial_states=state)
+    y64 = fn(*[t.double() for t in args], chunk_size=4, initial_states=state)
+    assert y.dtype == torch.float32
+    assert torch.equal(y, y64.float())
+
+
 # ---------------------------------------------------------------- bad input
 def test_bad_shapes_raise_clear_errors():
     x, dt, A, B, C = ssm_inputs(1, 8, 2, 3, 1, 4)
