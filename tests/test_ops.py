@@ -1,5 +1,7 @@
 """Fast operators against explicit-matrix and loop references."""
 
+from typing import NamedTuple
+
 import pytest
 import torch
 from hypothesis import given
@@ -223,10 +225,18 @@ def assert_gradients_close(fast, ref, names, label):
             raise AssertionError(f"{label}: gradient of {name}: {err}") from None
 
 
-@given(shapes(), DIAGS, STATES)
-def test_quasiseparable_gradients_equal_reference(s, diag, states):
-    """Gradients of every input (x, both dt, A, the four projections, D, the initial states)
-    of both fast paths against autograd through the float64 explicit matrix."""
+class GradientCase(NamedTuple):
+    """Hydra's inputs for a gradient comparison: the arguments, the initial states, every leaf tensor with
+    its name, and the weight of the output in the loss."""
+
+    args: list
+    init: object
+    leaves: list
+    names: list
+    weight: tuple
+
+
+def gradient_case(s, diag, states) -> GradientCase:
     args = scan_inputs(s, diag=diag, requires_grad=True)
     init = initial_states(s, states, requires_grad=True)
     leaves = leaves_of(*args, init)
@@ -234,28 +244,30 @@ def test_quasiseparable_gradients_equal_reference(s, diag, states):
     names += ["initial_states"] * (len(leaves) - len(names))
     weight = (torch.randn(args[0].shape, generator=torch.Generator().manual_seed(s["seed"] + 2),
                           dtype=torch.float64),)
-    ref = gradients((quasiseparable_ref(*args, initial_states=init),), weight, leaves)
+    return GradientCase(args, init, leaves, names, weight)
+
+
+@given(shapes(), DIAGS, STATES)
+def test_quasiseparable_gradients_equal_reference(s, diag, states):
+    """Gradients of every input (x, both dt, A, the four projections, D, the initial states)
+    of both fast paths against autograd through the float64 explicit matrix."""
+    c = gradient_case(s, diag, states)
+    ref = gradients((quasiseparable_ref(*c.args, initial_states=c.init),), c.weight, c.leaves)
     for fn in (quasiseparable_chunked, quasiseparable_two_pass):
-        fast = gradients((fn(*args, chunk_size=s["q"], initial_states=init),), weight, leaves)
-        assert_gradients_close(fast, ref, names, fn.__name__)
+        fast = gradients((fn(*c.args, chunk_size=s["q"], initial_states=c.init),), c.weight, c.leaves)
+        assert_gradients_close(fast, ref, c.names, fn.__name__)
 
 
 @given(shapes(), DIAGS, STATES)
 def test_quasiseparable_chunked_equals_minimal(s, diag, states):
     """The fast scan (ops/chunked.py) against the one-page chunked form (ops/minimal.py), an independent
     chunked reference (no code shared with the fast core): outputs and the gradients of every input."""
-    args = scan_inputs(s, diag=diag, requires_grad=True)
-    init = initial_states(s, states, requires_grad=True)
-    leaves = leaves_of(*args, init)
-    names = [n for n, t in zip(HYDRA_ARGS, args) if t is not None]
-    names += ["initial_states"] * (len(leaves) - len(names))
-    weight = (torch.randn(args[0].shape, generator=torch.Generator().manual_seed(s["seed"] + 2),
-                          dtype=torch.float64),)
-    y_fast = quasiseparable_chunked(*args, chunk_size=s["q"], initial_states=init)
-    y_min = quasiseparable_minimal(*args, chunk_size=s["q"], initial_states=init)
+    c = gradient_case(s, diag, states)
+    y_fast = quasiseparable_chunked(*c.args, chunk_size=s["q"], initial_states=c.init)
+    y_min = quasiseparable_minimal(*c.args, chunk_size=s["q"], initial_states=c.init)
     close_scaled(y_fast.detach(), y_min.detach(), 1e-9)
-    assert_gradients_close(gradients((y_fast,), weight, leaves), gradients((y_min,), weight, leaves), names,
-                           "chunked against minimal")
+    assert_gradients_close(gradients((y_fast,), c.weight, c.leaves), gradients((y_min,), c.weight, c.leaves),
+                           c.names, "chunked against minimal")
 
 
 def to_float32(t):
