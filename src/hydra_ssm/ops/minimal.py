@@ -27,6 +27,9 @@ the padding: no input, no decay, nothing read), then:
 Every exponent is a segment sum (the log-decays of exactly the positions it
 spans), never the difference of two long cumulative sums: nothing cancels, so
 float32 stays accurate at any length and any decay.
+
+It shares no code with the fast scan (``chunked.py``): the tests hold it to the
+explicit matrix (``reference.py``) and the fast scan to it, outputs and gradients.
 """
 
 from __future__ import annotations
