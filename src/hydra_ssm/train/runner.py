@@ -121,7 +121,7 @@ def _run(cfg: TrainConfig) -> list[dict]:
         run_dir = os.path.join(out, task_label(cfg, task), mixer)
         results.append(train_run(cfg, data[task], mixer, run_dir, d, width, label=label))
     if d.main:
-        report(cfg, results, time.perf_counter() - t0)
+        report(cfg, results, time.perf_counter() - t0, d.device)
     return results
 
 
@@ -141,14 +141,11 @@ def table(results: list[dict]) -> str:
     return "\n".join([line(head), sep] + [line(r) for r in rows])
 
 
-def report(cfg: TrainConfig, results: list[dict], total_s: float) -> None:
-    import platform
-
-    import torch
+def report(cfg: TrainConfig, results: list[dict], total_s: float, device="cpu") -> None:
+    from ..bench.machine import machine_description
 
     text = table(results)
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-               f"python {platform.python_version()}")
+    machine = machine_description(device)
     budget = f"same budget per run: {cfg.steps} steps x batch {cfg.batch_size}; seed {cfg.seed}"
     print("\n" + text + f"\n\n{budget}; total {total_s:.0f}s ({machine})")
     md = f"# hydra-ssm results\n\n{text}\n\n{budget}. Total wall time {total_s:.0f}s.\n\nMachine: {machine}.\n"
