@@ -14,7 +14,7 @@ import torch
 
 from .config import TrainConfig, UsageError, _split_paths
 from .corpus import cap_chars, default_corpus, read_text_files, split_docs
-from .tables import import_datasets, check_columns, check_label_ids, label_kind, read_npz, read_table
+from .tables import check_columns, check_label_ids, import_datasets, label_kind, read_npz, read_table
 from .tokenization import CLS, SEP, encode_stream, encode_texts, train_tokenizer, transformers_tokenizer
 
 SPLIT_SEED = 12345  # the held-out rows and images do not depend on --seed
