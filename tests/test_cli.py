@@ -118,7 +118,7 @@ def test_no_arguments_prints_help(capsys):
 
 def test_default_job_plan_is_matched_and_small():
     """The defaults of `hydra-ssm train`: hydra vs mha, same budget, matched parameter counts."""
-    from hydra_ssm.train.data import TaskData
+    from hydra_ssm.train.tasks import TaskData
     from hydra_ssm.train.loop import count_params, matched_intermediate
     cfg = TrainConfig()
     assert cfg.task == "mlm" and cfg.mixers == ["hydra", "mha"] and cfg.match_params and not cfg.train_file

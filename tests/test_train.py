@@ -11,7 +11,9 @@ pytest.importorskip("tokenizers")
 pytest.importorskip("transformers")
 
 from hydra_ssm.cli import main  # noqa: E402
-from hydra_ssm.train import data as D  # noqa: E402
+from hydra_ssm.train.batching import batch_indices, mask_tokens  # noqa: E402
+from hydra_ssm.train.corpus import default_corpus  # noqa: E402
+from hydra_ssm.train.tokenization import CLS, MASK, SEP, SPECIALS  # noqa: E402
 from hydra_ssm.train.synthetic import LISTOPS_WORDS, listops_examples, mqar_examples  # noqa: E402
 
 TINY = ["--hidden-size", "32", "--num-layers", "1", "--d-state", "8", "--headdim", "16", "--num-heads", "2",
@@ -26,30 +28,30 @@ def read_jsonl(path):
 # ------------------------------------------------------------------------------------------ data units
 def test_batch_indices_are_epochwise_permutations_and_pure():
     n, bs = 10, 4
-    seq = sum((D.batch_indices(n, bs, seed=3, step=s) for s in range(5)), [])
+    seq = sum((batch_indices(n, bs, seed=3, step=s) for s in range(5)), [])
     assert sorted(seq[:10]) == list(range(10)) and sorted(seq[10:20]) == list(range(10))
     assert seq[:10] != seq[10:20]  # a new shuffle each epoch
-    assert D.batch_indices(n, bs, 3, 4) == seq[16:20]  # a function of (seed, step) only
-    assert D.batch_indices(n, bs, 4, 0) != seq[:4]
+    assert batch_indices(n, bs, 3, 4) == seq[16:20]  # a function of (seed, step) only
+    assert batch_indices(n, bs, 4, 0) != seq[:4]
 
 
 def test_mask_tokens_rate_and_specials():
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(len(D.SPECIALS), 1000, (64, 128))
-    ids[:, 0], ids[:, -1] = D.CLS, D.SEP
-    out, labels = D.mask_tokens(ids, 0.15, 1000, gen)
+    ids = torch.randint(len(SPECIALS), 1000, (64, 128))
+    ids[:, 0], ids[:, -1] = CLS, SEP
+    out, labels = mask_tokens(ids, 0.15, 1000, gen)
     target = labels != -100
     assert abs(target.float().mean().item() - 0.15 * 126 / 128) < 0.01
     assert not target[:, 0].any() and not target[:, -1].any()
     assert torch.equal(labels[target], ids[target])
-    frac_mask = (out[target] == D.MASK).float().mean().item()
+    frac_mask = (out[target] == MASK).float().mean().item()
     assert 0.75 < frac_mask < 0.85
     assert torch.equal(out[~target], ids[~target])
 
 
 def test_default_corpus_split_is_deterministic_and_disjoint():
-    tr1, va1 = D.default_corpus(400_000)
-    tr2, va2 = D.default_corpus(400_000)
+    tr1, va1 = default_corpus(400_000)
+    tr2, va2 = default_corpus(400_000)
     assert tr1 == tr2 and va1 == va2
     assert tr1 and va1 and not set(tr1) & set(va1)
     assert 380_000 <= sum(map(len, tr1 + va1)) <= 400_000
@@ -58,11 +60,11 @@ def test_default_corpus_split_is_deterministic_and_disjoint():
 def test_mqar_labels_are_the_bound_values_and_queries_can_precede_pairs():
     k, v = 16, 16
     x, y = mqar_examples(50, pairs=6, queries=3, num_keys=k, num_values=v, seed=0)
-    k0, v0 = len(D.SPECIALS), len(D.SPECIALS) + k
+    k0, v0 = len(SPECIALS), len(SPECIALS) + k
     before = 0
     for ids, lab in zip(x.tolist(), y.tolist()):
-        pairs = {ids[p]: (ids[p + 1], p) for p in range(1, len(ids) - 1, 2) if ids[p + 1] != D.MASK}
-        queries = [p for p in range(1, len(ids) - 1, 2) if ids[p + 1] == D.MASK]
+        pairs = {ids[p]: (ids[p + 1], p) for p in range(1, len(ids) - 1, 2) if ids[p + 1] != MASK}
+        queries = [p for p in range(1, len(ids) - 1, 2) if ids[p + 1] == MASK]
         assert len(pairs) == 6 and len(queries) == 3
         assert all(k0 <= key < v0 for key in pairs)
         for q in queries:
@@ -92,7 +94,7 @@ def _eval_listops(tokens):
 
 def test_listops_values_and_lengths():
     seqs, labels = listops_examples(40, 50, 2000, max_depth=8, max_args=6, seed=1)
-    words = {i + len(D.SPECIALS): w for i, w in enumerate(LISTOPS_WORDS)}
+    words = {i + len(SPECIALS): w for i, w in enumerate(LISTOPS_WORDS)}
     lengths = []
     for s, y in zip(seqs, labels.tolist()):
         toks = [words[i] for i in s.tolist()[1:-1]]
@@ -103,11 +105,73 @@ def test_listops_values_and_lengths():
     assert len(set(labels.tolist())) > 3
 
 
+def test_seeded_split_is_datasets_train_test_split():
+    """The classify split is exactly what ``train_test_split(shuffle=True, seed=SPLIT_SEED)`` held out before."""
+    import datasets
+
+    from hydra_ssm.train.tasks import SPLIT_SEED, seeded_split
+
+    for n, fraction in ((2, 0.1), (3, 0.5), (10, 0.1), (17, 0.2), (100, 0.05), (9, 0.99)):
+        n_val = min(n - 1, max(1, int(round(n * fraction))))
+        parts = datasets.Dataset.from_dict({"i": list(range(n))}).train_test_split(test_size=n_val, shuffle=True,
+                                                                                 seed=SPLIT_SEED)
+        train, val = seeded_split(n, fraction)
+        assert (train.tolist(), val.tolist()) == (parts["train"]["i"], parts["test"]["i"]), (n, fraction)
+
+
+PINNED_DIGITS_VAL = [6, 9, 14, 19, 25]  # the first held-out digits (of 1797, 359 held out)
+
+
+def test_image_split_is_pinned():
+    """Images are held out by the same shuffle, each part kept in file order (values recorded before the split
+    moved into tasks.py: a run resumed across versions sees the same validation images)."""
+    from hydra_ssm.train.tasks import split_images
+
+    y = np.arange(10)
+    x_tr, y_tr, x_va, y_va = split_images(y[:, None] * 2, y, 0.2)
+    assert y_va.tolist() == [4, 8] and y_tr.tolist() == [0, 1, 2, 3, 5, 6, 7, 9]
+    assert x_va[:, 0].tolist() == [8, 16]
+    _, _, _, y_va = split_images(np.zeros((1797, 1)), np.arange(1797), 0.2)
+    assert len(y_va) == 359 and y_va[:5].tolist() == PINNED_DIGITS_VAL
+
+
+@pytest.mark.parametrize("mixer", ["hydra", "mha", "quasiseparable", "toeplitz"])
+def test_weight_decay_groups(mixer):
+    """Matrices decay; vectors, embeddings and flagged parameters do not: for the built-in models the same
+    grouping as the shape rule alone (dim >= 2, not an embedding)."""
+    from hydra_ssm.train.config import build_config
+    from hydra_ssm.train.loop import build_model, param_groups
+    from hydra_ssm.train.tasks import TaskData
+
+    cfg = build_config({}, {"hidden_size": 32, "num_layers": 1, "d_state": 8, "headdim": 16, "num_heads": 2,
+                            "weight_decay": 0.1})
+    model = build_model(cfg, TaskData("mlm", {}, {}, vocab_size=50, seq_len=16), mixer, 64)
+    decay, rest = param_groups(model, 0.1)
+    assert (decay["weight_decay"], rest["weight_decay"]) == (0.1, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_shape = {n for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n}
+    assert {names[id(p)] for p in decay["params"]} == by_shape
+    assert {names[id(p)] for p in rest["params"]} == set(names.values()) - by_shape
+    assert any(p.dim() == 1 for p in rest["params"]) and any("embeddings" in names[id(p)] for p in rest["params"])
+
+
+def test_weight_decay_reads_the_flag():
+    from hydra_ssm import Hydra
+    from hydra_ssm.train.loop import param_groups
+
+    layer = Hydra(d_model=16, d_state=4, headdim=8, learnable_init_states=True)
+    decay, rest = param_groups(layer, 0.1)
+    assert layer.init_states.dim() == 3
+    assert any(p is layer.init_states for p in rest["params"]) and all(p is not layer.init_states
+                                                                       for p in decay["params"])
+    assert any(p is layer.in_proj.weight for p in decay["params"])
+
+
 # ------------------------------------------------------------------------------------------ end-to-end runs
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     d = tmp_path_factory.mktemp("corpus")
-    text = "\n".join(sum(D.default_corpus(60_000), []))
+    text = "\n".join(sum(default_corpus(60_000), []))
     (d / "train.txt").write_text(text[:-12_000])
     (d / "val.txt").write_text(text[-12_000:])
     return d

@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("transformers")
 
 from hydra_ssm.cli import main  # noqa: E402
-from hydra_ssm.train.data import default_corpus, save_tokenizer, train_tokenizer  # noqa: E402
+from hydra_ssm.train.corpus import default_corpus  # noqa: E402
+from hydra_ssm.train.tokenization import save_tokenizer, train_tokenizer  # noqa: E402
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
 

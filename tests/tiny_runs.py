@@ -28,7 +28,7 @@ TINY_CLI = ["--hidden-size", "32", "--num-layers", "1", "--d-state", "8", "--hea
 
 def write_book(path, chars: int):
     """One text file of about ``chars`` characters of the interpreter's own text (the default MLM corpus)."""
-    from hydra_ssm.train.data import default_corpus
+    from hydra_ssm.train.corpus import default_corpus
 
     path.write_text("\n".join(default_corpus(chars)[0]))
     return path

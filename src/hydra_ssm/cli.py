@@ -73,8 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, desc in (("train", "train one or more mixers on a task (default: hydra vs mha, masked LM on the "
                                  "interpreter's own text)"),
                        ("compare", "train several mixers on several tasks with one budget and tabulate them")):
-        p = sub.add_parser(name, help=desc, description=desc, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-                           if False else argparse.HelpFormatter)
+        p = sub.add_parser(name, help=desc, description=desc)  # each option's help names its default itself
         _add_train_options(p)
     p = sub.add_parser("evaluate", help="evaluate a saved model on its task's validation data",
                        description="Evaluate a saved model directory (RUN/<task>/<mixer>/model or a checkpoint) on "

@@ -107,12 +107,13 @@ def test_pipeline_in_a_fresh_process_equals_evaluate(trained, mixer, capsys):
     import torch
 
     from hydra_ssm.models import HydraForSequenceClassification
-    from hydra_ssm.train import data as D
+    from hydra_ssm.train.tasks import classify_data
+    from hydra_ssm.train.tokenization import load_tokenizer
     from hydra_ssm.train.config import TrainConfig
 
     cfg = TrainConfig(task="classify", train_file=str(d / "train.csv"), validation_file=str(d / "validation.csv"),
                       seq_len=32)
-    task = D.classify_data(cfg, D.load_tokenizer(model_dir))
+    task = classify_data(cfg, load_tokenizer(model_dir))
     model = HydraForSequenceClassification.from_pretrained(model_dir).eval()
     with torch.no_grad():
         ours = [model(input_ids=ids[None]).logits.argmax(-1).item() for ids in task.val["input_ids"]]
@@ -123,17 +124,18 @@ def test_training_encodes_as_the_saved_tokenizer(trained):
     """The ids the model was trained and evaluated on are AutoTokenizer's with truncation=True."""
     from transformers import AutoTokenizer
 
-    from hydra_ssm.train import data as D
+    from hydra_ssm.train.tasks import classify_data
+    from hydra_ssm.train.tokenization import CLS, SEP, load_tokenizer
     from hydra_ssm.train.config import TrainConfig
 
     d, out = trained
     model_dir = out / "classify" / "hydra" / "model"
     cfg = TrainConfig(task="classify", train_file=str(d / "train.csv"), validation_file=str(d / "validation.csv"),
                       seq_len=32)
-    task = D.classify_data(cfg, D.load_tokenizer(str(model_dir)))
+    task = classify_data(cfg, load_tokenizer(str(model_dir)))
     tok = AutoTokenizer.from_pretrained(model_dir)
     with open(d / "validation.csv", newline="") as fh:
         texts = [r["text"] for r in csv.DictReader(fh)]
     assert [t.tolist() for t in task.val["input_ids"]] == tok(texts, truncation=True)["input_ids"]
     pair = tok("salt pan", "goal team")["input_ids"]
-    assert pair[0] == D.CLS and pair.count(D.SEP) == 2 and pair[-1] == D.SEP
+    assert pair[0] == CLS and pair.count(SEP) == 2 and pair[-1] == SEP

@@ -96,15 +96,15 @@ def test_format_held_out_split_and_integer_labels(tmp_path, fmt, capsys):
 
 
 def test_held_out_split_is_seeded_and_disjoint(tmp_path):
-    from hydra_ssm.train import data as D
+    from hydra_ssm.train.tasks import classify_data
     from hydra_ssm.train.config import TrainConfig
 
     rows = [{"text": f"row {i} " + r["text"], "label": r["label"]} for i, r in enumerate(examples(50, 3, True))]
     write(tmp_path / "train.jsonl", rows)
     cfg = TrainConfig(task="classify", train_file=str(tmp_path / "train.jsonl"), validation_fraction=0.2,
                       vocab_size=300, seq_len=32, seed=1)
-    a = D.classify_data(cfg)
-    b = D.classify_data(cfg.replace(seed=7), a.tokenizer)  # the split does not depend on --seed
+    a = classify_data(cfg)
+    b = classify_data(cfg.replace(seed=7), a.tokenizer)  # the split does not depend on --seed
     assert [t.tolist() for t in a.val["input_ids"]] == [t.tolist() for t in b.val["input_ids"]]
     assert a.num_val() == 10 and a.num_train() == 40
     decode = a.tokenizer.batch_decode
@@ -157,7 +157,8 @@ def test_sentence_pairs_encode_as_the_saved_tokenizer(tmp_path):
     """--text-pair-column: [CLS] a [SEP] b [SEP], cut to --seq-len with the longer text shortened first."""
     from transformers import AutoTokenizer
 
-    from hydra_ssm.train import data as D
+    from hydra_ssm.train.tasks import classify_data
+    from hydra_ssm.train.tokenization import CLS, SEP, save_tokenizer
     from hydra_ssm.train.config import TrainConfig
 
     rows = [{"premise": " ".join([r["text"]] * (5 if i % 3 == 0 else 1)), "hypothesis": "wing fin leaf",
@@ -165,10 +166,10 @@ def test_sentence_pairs_encode_as_the_saved_tokenizer(tmp_path):
     write(tmp_path / "pairs.jsonl", rows)
     cfg = TrainConfig(task="classify", train_file=str(tmp_path / "pairs.jsonl"), text_column="premise",
                       text_pair_column="hypothesis", vocab_size=300, seq_len=32)
-    task = D.classify_data(cfg)
-    D.save_tokenizer(task.tokenizer, str(tmp_path / "tok"))
+    task = classify_data(cfg)
+    save_tokenizer(task.tokenizer, str(tmp_path / "tok"))
     tok = AutoTokenizer.from_pretrained(tmp_path / "tok")
     ids = [t.tolist() for t in task.train["input_ids"] + task.val["input_ids"]]
-    assert max(map(len, ids)) == 32 and all(x[0] == D.CLS and x.count(D.SEP) == 2 and x[-1] == D.SEP for x in ids)
+    assert max(map(len, ids)) == 32 and all(x[0] == CLS and x.count(SEP) == 2 and x[-1] == SEP for x in ids)
     texts = {tuple(tok(r["premise"], r["hypothesis"], truncation=True)["input_ids"]) for r in rows}
     assert set(map(tuple, ids)) <= texts

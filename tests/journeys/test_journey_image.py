@@ -55,7 +55,7 @@ def test_cli_image_model_through_pipeline(tmp_path):
 
     from hydra_ssm.models import HydraForImageClassification
     from hydra_ssm.train.config import build_config
-    from hydra_ssm.train.data import _split_arrays, image_data
+    from hydra_ssm.train.tasks import image_data, split_images
 
     run = tmp_path / "run"
     _cli("train", *TRAIN, "--output-dir", str(run))
@@ -79,7 +79,7 @@ def test_cli_image_model_through_pipeline(tmp_path):
 
     # the same rows as a user has them: raw digit pixels (0..16) as 8-bit images
     digits = load_digits()
-    _, _, raw_val, y_val = _split_arrays(digits.images, digits.target, 0.2)
+    _, _, raw_val, y_val = split_images(digits.images, digits.target, 0.2)
     assert y_val.tolist() == labels
     np.save(tmp_path / "val.npy", raw_val.astype(np.uint8))
     r = subprocess.run([sys.executable, "-c", PIPELINE, str(tmp_path / "val.npy"), str(model_dir)],

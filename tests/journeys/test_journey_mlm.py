@@ -15,8 +15,9 @@ pytest.importorskip("transformers")
 
 from hydra_ssm.cli import main  # noqa: E402
 from tiny_runs import TINY_CLI, write_book  # noqa: E402
-from hydra_ssm.train import data as D  # noqa: E402
 from hydra_ssm.train.config import TrainConfig  # noqa: E402
+from hydra_ssm.train.tasks import mlm_data  # noqa: E402
+from hydra_ssm.train.tokenization import CLS, MASK, SEP, load_tokenizer  # noqa: E402
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
 
@@ -37,10 +38,10 @@ def test_one_document_holds_out_its_last_sequences(run, capsys):
     result = json.loads((out / "mlm" / "hydra" / "result.json").read_text())
     assert 0 <= result["val_accuracy"] <= 1
     cfg = TrainConfig(train_file=str(d / "book.txt"), seq_len=32, validation_fraction=0.05)
-    task = D.mlm_data(cfg, D.load_tokenizer(str(out / "mlm" / "tokenizer")))
+    task = mlm_data(cfg, load_tokenizer(str(out / "mlm" / "tokenizer")))
     n = task.num_train() + task.num_val()
     assert task.num_val() == round(0.05 * n) and task.info["validation"].startswith("the last")
-    assert (task.val["input_ids"][:, 0] == D.CLS).all() and (task.val["input_ids"][:, -1] == D.SEP).all()
+    assert (task.val["input_ids"][:, 0] == CLS).all() and (task.val["input_ids"][:, -1] == SEP).all()
     capsys.readouterr()
     assert main(["evaluate", "--model", str(out / "mlm" / "hydra" / "model"), "--threads", "1",
                  "--eval-batches", "0"]) == 0
@@ -72,5 +73,5 @@ print(json.dumps({{"tokens": [p["token_str"] for p in preds], "ids": [p["token"]
     assert all(t.replace(" ", "") in vocab or ("##" + t.strip()) in vocab for t in got["tokens"]), got["tokens"]
     assert all(i < len(vocab) for i in got["ids"])
     # the pipeline's input has the shape of a training sequence: [CLS] ... [MASK] ... [SEP]
-    assert got["encoded"][0] == D.CLS and got["encoded"][-1] == D.SEP and D.MASK in got["encoded"]
+    assert got["encoded"][0] == CLS and got["encoded"][-1] == SEP and MASK in got["encoded"]
     assert got["max_length"] == 32

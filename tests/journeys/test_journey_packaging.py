@@ -32,7 +32,7 @@ def _use_installed(target: Path, tmp_path: Path) -> None:
         "from hydra_ssm import Hydra\n"
         "y = Hydra(d_model=16, d_state=4, headdim=8)(torch.randn(1, 5, 16))\n"
         "assert y.shape == (1, 5, 16)\n"
-        "import hydra_ssm.train.data, hydra_ssm.models, hydra_ssm.bench.hydra, hydra_ssm.plot\n"
+        "import hydra_ssm.train.tasks, hydra_ssm.train.batching, hydra_ssm.models, hydra_ssm.bench.hydra, hydra_ssm.plot\n"
         "print(hydra_ssm.__version__)\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -19,13 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
 import torch
+
+from hydra_ssm.bench.machine import PeakMemory, machine_description
 
 
 # ---------------------------------------------------------------- what is measured
@@ -123,31 +124,13 @@ def matmul_gflops(device, size: int = 2048, repeats: int = 5) -> float:
     return 2 * size ** 3 / statistics.median(times) / 1e9
 
 
-def _proc_status_bytes(field: str) -> int:
-    """VmRSS (current) or VmHWM (peak) of this process; both belong to the
-    address space, so unlike ru_maxrss they do not inherit the parent's peak."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
 def peak_memory_worker(spec: dict) -> int:
-    """Run one forward+backward; return the growth of peak memory in bytes."""
+    """Run one forward+backward; return the growth of peak memory in bytes (`PeakMemory`)."""
     torch.set_num_threads(spec["threads"])
-    device = spec["device"]
-    fn, owner = build(spec["kind"], spec["d_model"], spec["length"], spec["batch"], device, spec["chunk_size"])
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn().sum().backward()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    base = _proc_status_bytes("VmRSS")
+    fn, owner = build(spec["kind"], spec["d_model"], spec["length"], spec["batch"], spec["device"], spec["chunk_size"])
+    peak = PeakMemory(spec["device"])
     fn().sum().backward()
-    return _proc_status_bytes("VmHWM") - base
+    return peak.growth()
 
 
 def peak_memory(spec: dict) -> int | None:
@@ -162,22 +145,6 @@ def peak_memory(spec: dict) -> int | None:
 
 
 # ---------------------------------------------------------------- table
-def machine_description(device) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    if torch.device(device).type == "cuda":
-        cpu = f"{torch.cuda.get_device_name()} (host {cpu})"
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-            f"Python {platform.python_version()}")
-
-
 def fmt_s(x):
     return "—" if x is None else (f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s")
 

@@ -5,14 +5,12 @@
 prints a markdown table. For every (type, form, L) one fresh subprocess
 builds the layer (d_model 256, batch 1 by default) and an input, runs
 ``warmup`` forward+backward passes, then times ``repeats`` more and reports the
-median. Peak memory:
-
-- CPU: the peak resident set size of the worker (``ru_maxrss``) minus its
-  resident size just before the first measured pass, i.e. the extra memory
-  the passes needed on top of weights and input. (Each worker is a fresh
-  process so that earlier configurations cannot hide a later peak.)
-- CUDA: ``torch.cuda.max_memory_allocated`` minus the allocation before the
-  passes.
+median. Peak memory is measured as in ``hydra_ssm.bench.hydra`` (``PeakMemory``):
+the growth of the worker's peak resident size (VmHWM) over its resident size
+just before the first pass on CPU, of ``torch.cuda.max_memory_allocated`` over
+the allocation before the passes on CUDA; i.e. the extra memory the passes
+needed on top of weights and input. (Each worker is a fresh process so that
+earlier configurations cannot hide a later peak.)
 
 Configurations whose single pass exceeds ``--max-seconds`` stop after fewer
 repeats (the table reports how many). Benchmarks never assert.
@@ -30,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -53,14 +49,10 @@ COMPLEXITY = {
 }
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def _worker(cfg: dict) -> dict:
     import torch
 
+    from hydra_ssm.bench.machine import PeakMemory
     from hydra_ssm.mixers import MatrixMixer
 
     torch.manual_seed(0)
@@ -78,12 +70,7 @@ def _worker(cfg: dict) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    cuda = device.type == "cuda"
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_bytes()
+    peak = PeakMemory(device)
     times = []
     for i in range(cfg["warmup"] + cfg["repeats"]):
         t0 = time.perf_counter()
@@ -95,11 +82,7 @@ def _worker(cfg: dict) -> dict:
             break
     if not times:
         times.append(dt)
-    if cuda:
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
-    return {"ms": 1e3 * statistics.median(times), "runs": len(times), "peak_mb": max(0, peak) / 2**20}
+    return {"ms": 1e3 * statistics.median(times), "runs": len(times), "peak_mb": max(0, peak.growth()) / 2**20}
 
 
 def _run_one(cfg: dict, timeout: float, env: dict | None = None) -> dict:
@@ -114,18 +97,6 @@ def _run_one(cfg: dict, timeout: float, env: dict | None = None) -> dict:
             return json.loads(line[len("RESULT "):])
     err = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     return {"error": err[:80]}
-
-
-def machine_line() -> str:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.omp_wait_policy and "OMP_WAIT_POLICY" not in env:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
 
-    print(f"Machine: {machine_line()}; device {args.device}; d_model {args.d_model}, headdim {args.headdim}, "
+    from hydra_ssm.bench.machine import machine_description
+
+    print(f"Machine: {machine_description(args.device)}; device {args.device}; d_model {args.d_model}, headdim {args.headdim}, "
           f"qk_dim {args.qk_dim}, batch {args.batch}; forward+backward, median of up to {args.repeats} runs after "
           f"{args.warmup} warm-up; peak = extra memory over weights and input; threads "
           f"{args.threads or 'default'}, OMP_WAIT_POLICY {env.get('OMP_WAIT_POLICY', 'default')}.\n")

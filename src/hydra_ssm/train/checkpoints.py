@@ -336,7 +336,7 @@ def make_output_dir(path: str, flag: str = "--output-dir") -> None:
 # ---------------------------------------------------------------------------------------------- writing
 def write_model_files(directory: str, model, task) -> None:
     """What a model directory holds: save_pretrained (safetensors) and the tokenizer or image processor it reads."""
-    from .data import save_tokenizer
+    from .tokenization import save_tokenizer
 
     raw = model.module if hasattr(model, "module") else model
     raw.save_pretrained(directory, safe_serialization=True)

@@ -2,7 +2,7 @@
 
 Why no Trainer/accelerate: the loop is ~300 lines, and owning it makes the two
 guarantees we test easy to keep: the batch of step ``s`` is a function of
-(seed, s) only (see data.batch_indices), and a checkpoint (checkpoints.py) holds everything else
+(seed, s) only (see batching.batch_indices), and a checkpoint (checkpoints.py) holds everything else
 that changes (weights, AdamW and scheduler state, python/numpy/torch RNG states,
 step and data position), so a resumed run repeats an unbroken one exactly; and
 the loss is normalised by the *global* number of targets, so N processes under
@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from .checkpoints import (atomic_json, atomic_write, load_checkpoint, make_output_dir, new_run_id, resume_point,
                           run_config, save_checkpoint, save_model_dir)
 from .config import TrainConfig, UsageError
-from .data import TaskData, batch_indices, make_batch, step_generator
+from .batching import batch_indices, make_batch, step_generator
+from .tasks import TaskData
 
 EVAL_SEED = 2024
 POSITION_AWARE = {"hydra", "quasiseparable", "semiseparable", "toeplitz", "vandermonde", "cauchy"}
@@ -196,6 +197,20 @@ def evaluate(model, task: TaskData, cfg: TrainConfig, d: Dist) -> dict:
     return {"eval_loss": tot[0].item() / count, "eval_accuracy": tot[2].item() / count, "eval_targets": int(tot[1].item())}
 
 
+def decays(name: str, p: torch.nn.Parameter) -> bool:
+    """Whether AdamW's weight decay applies to parameter ``name``: matrices and kernels (2-D and up) do; vectors
+    (biases, norm weights, per-head dt_bias/A_log/D), embeddings and every parameter a layer flagged with
+    ``p._no_weight_decay = True`` (e.g. Hydra's learned initial states) do not."""
+    return p.dim() >= 2 and "embeddings" not in name and not getattr(p, "_no_weight_decay", False)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW's two parameter groups: those that `decays` (with ``weight_decay``) and the rest (none)."""
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if decays(n, p)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if not decays(n, p)], "weight_decay": 0.0}]
+
+
 def autocast(cfg: TrainConfig, d: Dist):
     return torch.autocast(d.device.type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
 
@@ -230,10 +245,7 @@ def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dis
     torch.manual_seed(cfg.seed + 1 + d.rank)
     random.seed(cfg.seed + d.rank)
     np.random.seed(cfg.seed + d.rank)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embeddings" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embeddings" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     state = {"step": 0, "wall_s": 0.0, "train_time_s": 0.0, "tokens": 0, "run_id": new_run_id()}
     metrics_path = os.path.join(run_dir, "metrics.jsonl")

@@ -7,9 +7,10 @@ import os
 import sys
 import time
 
-from .checkpoints import load_model_dir, make_output_dir, resume_point, run_config
+from .checkpoints import atomic_json, atomic_write, load_model_dir, make_output_dir, resume_point, run_config
 from .config import TrainConfig, UsageError
-from .data import classify_data, image_data, load_tokenizer, mlm_data, save_tokenizer, write_json
+from .tasks import TaskData, classify_data, image_data, mlm_data
+from .tokenization import load_tokenizer, save_tokenizer
 from .loop import Dist, count_params, matched_intermediate, model_config, train_run
 
 
@@ -72,7 +73,6 @@ def _run(cfg: TrainConfig) -> list[dict]:
     make_output_dir(out)
     t0 = time.perf_counter()
     # everything that can fail on bad input happens here, before any training
-    from .data import TaskData
     for task in tasks:  # model options first (cheap), with placeholder data sizes
         if task in ("mlm", "classify") and not cfg.init_from:
             probe = TaskData("mlm", {}, {}, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
@@ -121,7 +121,7 @@ def _run(cfg: TrainConfig) -> list[dict]:
         run_dir = os.path.join(out, task_label(cfg, task), mixer)
         results.append(train_run(cfg, data[task], mixer, run_dir, d, width, label=label))
     if d.main:
-        report(cfg, results, time.perf_counter() - t0)
+        report(cfg, results, time.perf_counter() - t0, d.device)
     return results
 
 
@@ -141,21 +141,16 @@ def table(results: list[dict]) -> str:
     return "\n".join([line(head), sep] + [line(r) for r in rows])
 
 
-def report(cfg: TrainConfig, results: list[dict], total_s: float) -> None:
-    import platform
-
-    import torch
+def report(cfg: TrainConfig, results: list[dict], total_s: float, device="cpu") -> None:
+    from ..bench.machine import machine_description
 
     text = table(results)
-    machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-               f"python {platform.python_version()}")
+    machine = machine_description(device)
     budget = f"same budget per run: {cfg.steps} steps x batch {cfg.batch_size}; seed {cfg.seed}"
     print("\n" + text + f"\n\n{budget}; total {total_s:.0f}s ({machine})")
     md = f"# hydra-ssm results\n\n{text}\n\n{budget}. Total wall time {total_s:.0f}s.\n\nMachine: {machine}.\n"
-    with open(os.path.join(cfg.output_dir, "results.md") + ".tmp", "w") as fh:
-        fh.write(md)
-    os.replace(os.path.join(cfg.output_dir, "results.md") + ".tmp", os.path.join(cfg.output_dir, "results.md"))
-    write_json(os.path.join(cfg.output_dir, "results.json"),
+    atomic_write(os.path.join(cfg.output_dir, "results.md"), lambda fh: fh.write(md))
+    atomic_json(os.path.join(cfg.output_dir, "results.json"),
                {"results": results, "total_wall_s": total_s, "machine": machine, "config": cfg.to_dict()})
     if cfg.plot:
         try:

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from .config import TrainConfig
-from .data import CLS, MASK, SEP, SPECIALS, TaskData, word_level_tokenizer
+from .tasks import TaskData
+from .tokenization import CLS, MASK, SEP, SPECIALS, word_level_tokenizer
 
 TRAIN_SEED, VAL_SEED = 1234, 4321
 
