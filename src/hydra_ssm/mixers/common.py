@@ -1,0 +1,64 @@
+"""Helpers shared by the mixers (Hydra, the matrix mixers, attention): written once here."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .._checks import check_choice, check_positive_ints, tracing
+
+ACTIVATIONS = ("silu", "swish")
+
+
+def work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Compute dtype of the sensitive steps (scans, softplus, explicit matrices): float64 for
+    float64, float32 for every lower precision."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def check_layer_sizes(d_model, expand, headdim, d_conv, activation) -> None:
+    """The arguments every conv-and-heads layer (Hydra, the matrix mixers) shares."""
+    check_positive_ints(d_model=d_model, d_conv=d_conv, expand=expand, headdim=headdim)
+    if d_conv % 2 == 0:
+        raise ValueError(f"d_conv must be odd so the non-causal convolution keeps the length, got {d_conv}")
+    if (expand * d_model) % headdim != 0:
+        raise ValueError(f"expand * d_model ({expand} * {d_model} = {expand * d_model}) must be divisible by headdim ({headdim})")
+    check_choice("activation", activation, ACTIVATIONS)
+
+
+def dt_bias(nheads: int, dt_min: float, dt_max: float, dt_init_floor: float, factory: dict) -> nn.Parameter:
+    """(nheads,) ``softplus^{-1}(dt)`` for dt drawn log-uniformly in [dt_min, dt_max] (at least dt_init_floor),
+    so that ``softplus(dt_raw + dt_bias)`` starts in that range."""
+    dt = torch.exp(torch.rand(nheads, **factory) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = dt.clamp(min=dt_init_floor)
+    param = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
+    param._no_weight_decay = True
+    return param
+
+
+def decay_rate(A_log: torch.Tensor) -> torch.Tensor:
+    """``A = -exp(A_log)`` (H,), in :func:`work_dtype`."""
+    return -torch.exp(A_log.to(work_dtype(A_log.dtype)))
+
+
+def key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """(B, L) valid tokens -> (B, 1, 1, L) keys each query may read. A row with no
+    valid token reads every key, so it stays finite (its outputs are zeroed)."""
+    if mask is None:
+        return None
+    return (mask | ~mask.any(1, keepdim=True))[:, None, None, :]
+
+
+def check_contiguous_mask(mask: torch.Tensor) -> None:
+    """Valid tokens must form one contiguous run per row (left and/or right padding)."""
+    if tracing():
+        return
+    count = mask.sum(1)
+    idx = torch.arange(mask.shape[1], device=mask.device)
+    first = torch.where(mask, idx, mask.shape[1]).amin(1)
+    last = torch.where(mask, idx, -1).amax(1)
+    ok = (count == 0) | (last - first + 1 == count)
+    if not bool(ok.all()):
+        raise ValueError("attention_mask must mark one contiguous run of valid tokens per row (padding on the left and/or right)")
