@@ -33,8 +33,7 @@ def run_python(code: str, *args, cwd) -> subprocess.CompletedProcess:
 
 def test_docs_add_mixer_block_runs_and_its_model_loads_in_a_fresh_process(tmp_path):
     block = add_mixer_block()
-    run_python(block, cwd=tmp_path)  # as written, alone
-    save = block + textwrap.dedent("""
+    save = block + textwrap.dedent("""  # the block as written, then a model that uses the mixer
         import sys
         from hydra_ssm.models import HydraConfig, HydraModel
 
