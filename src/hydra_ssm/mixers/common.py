@@ -28,6 +28,18 @@ def check_layer_sizes(d_model, expand, headdim, d_conv, activation) -> None:
     check_choice("activation", activation, ACTIVATIONS)
 
 
+def in_proj_and_conv(d_model, d_in_proj, conv_dim, d_conv, conv_init, bias, conv_bias, factory) -> tuple[nn.Linear, nn.Conv1d]:
+    """The input projection (d_model -> d_in_proj) and the depthwise, non-causal conv over its first
+    ``conv_dim`` channels after the gate (odd ``d_conv``, zero padding keeps the length); ``conv_init``
+    (or None) draws the conv weights uniformly in [-conv_init, conv_init]."""
+    in_proj = nn.Linear(d_model, d_in_proj, bias=bias, **factory)
+    conv1d = nn.Conv1d(conv_dim, conv_dim, kernel_size=d_conv, groups=conv_dim, padding=d_conv // 2, bias=conv_bias,
+                       **factory)
+    if conv_init is not None:
+        nn.init.uniform_(conv1d.weight, -conv_init, conv_init)
+    return in_proj, conv1d
+
+
 def dt_bias(nheads: int, dt_min: float, dt_max: float, dt_init_floor: float, factory: dict) -> nn.Parameter:
     """(nheads,) ``softplus^{-1}(dt)`` for dt drawn log-uniformly in [dt_min, dt_max] (at least dt_init_floor),
     so that ``softplus(dt_raw + dt_bias)`` starts in that range."""

@@ -12,7 +12,7 @@ from torch import nn
 from .._checks import (check_bool, check_choice, check_float_dtype, check_number, check_positive_ints,
                        check_sequence_input, exporting, tracing)
 from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_minimal, quasiseparable_two_pass
-from .common import check_contiguous_mask, check_layer_sizes, decay_rate, dt_bias, work_dtype
+from .common import check_contiguous_mask, check_layer_sizes, decay_rate, dt_bias, in_proj_and_conv, work_dtype
 from .norm import GatedRMSNorm
 from .registry import SequenceMixer, register_mixer
 
@@ -127,11 +127,8 @@ class Hydra(SequenceMixer):
         # in_proj columns: [z (d_inner) | x (d_inner), B_f, C_f, B_b, C_b (G*N each) | dt_f, dt_b (H each)]
         self.bc_dim = ngroups * d_state
         self.conv_dim = self.d_inner + 4 * self.bc_dim
-        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + 2 * nheads, bias=bias, **factory)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim,
-                                padding=d_conv // 2, bias=conv_bias, **factory)
-        if conv_init is not None:
-            nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
+        self.in_proj, self.conv1d = in_proj_and_conv(d_model, self.d_inner + self.conv_dim + 2 * nheads, self.conv_dim,
+                                                     d_conv, conv_init, bias, conv_bias, factory)
         if learnable_init_states:
             self.init_states = nn.Parameter(torch.zeros(nheads, headdim, d_state, **factory))
             self.init_states._no_weight_decay = True

@@ -35,7 +35,7 @@ from ..._checks import (
     check_sequence_input,
     did_you_mean,
 )
-from ..common import check_contiguous_mask, check_layer_sizes
+from ..common import check_contiguous_mask, check_layer_sizes, in_proj_and_conv
 from ..norm import GatedRMSNorm
 from ..registry import _MIXERS, SequenceMixer, get_mixer_class
 from .padding import roll_rows, rotation
@@ -143,23 +143,11 @@ class MatrixMixer(SequenceMixer):
 
     def __init__(
         self,
-        matrix_mixer_type=None,
-        is_data_dependent=None,
-        d_model=None,
-        qk_dim=16,
-        max_seq_len=None,
-        d_conv=7,
-        conv_init=None,
-        expand=2,
-        headdim=128,
-        activation="swish",
-        bias=False,
-        conv_bias=True,
-        chunk_size=256,
-        layer_idx=None,
-        device=None,
-        dtype=None,
-        **options,
+        # the reference layer's arguments, in its order (the first five are passed positionally)
+        matrix_mixer_type=None, is_data_dependent=None, d_model=None, qk_dim=16, max_seq_len=None,
+        d_conv=7, conv_init=None, expand=2, headdim=128, activation="swish", bias=False, conv_bias=True,
+        chunk_size=256, layer_idx=None, device=None, dtype=None,
+        **options,  # the class's own options
     ):
         super().__init__()
         cls = type(self)
@@ -195,21 +183,13 @@ class MatrixMixer(SequenceMixer):
         check_layer_sizes(d_model, expand, headdim, d_conv, activation)
 
         factory = {"device": device, "dtype": dtype}
-        self.matrix_mixer_type = name
-        self.is_data_dependent = is_data_dependent
-        self.d_model = d_model
-        self.qk_dim = qk_dim
-        self.max_seq_len = max_seq_len
-        self.d_conv = d_conv
-        self.conv_init = conv_init
-        self.expand = expand
-        self.d_inner = expand * d_model
-        self.headdim = headdim
-        self.nheads = self.d_inner // headdim
-        self.d_state = self.nheads * qk_dim
-        self.activation = activation
-        self.chunk_size = chunk_size
-        self.layer_idx = layer_idx
+        self.matrix_mixer_type, self.is_data_dependent, self.max_seq_len = name, is_data_dependent, max_seq_len
+        # widths: d_model -> d_inner = nheads * headdim; q, k, B, C have qk_dim per head, d_state in all
+        self.d_model, self.expand, self.d_inner = d_model, expand, expand * d_model
+        self.headdim, self.nheads = headdim, self.d_inner // headdim
+        self.qk_dim, self.d_state = qk_dim, self.nheads * qk_dim
+        self.d_conv, self.conv_init, self.activation = d_conv, conv_init, activation
+        self.chunk_size, self.layer_idx = chunk_size, layer_idx
 
         self.matrix_mixer = nn.Module()
         self.init_params(self.matrix_mixer, factory)
@@ -218,11 +198,8 @@ class MatrixMixer(SequenceMixer):
         self._direct_feats = self._widths(cls.direct_features) if is_data_dependent else {}
         conv_dim = self.d_inner + sum(self._conv_feats.values())
         d_in_proj = self.d_inner + conv_dim + sum(self._direct_feats.values())
-        self.in_proj = nn.Linear(d_model, d_in_proj, bias=bias, **factory)
-        self.conv1d = nn.Conv1d(conv_dim, conv_dim, kernel_size=d_conv, groups=conv_dim, padding=d_conv // 2,
-                                bias=conv_bias, **factory)
-        if conv_init is not None:
-            nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
+        self.in_proj, self.conv1d = in_proj_and_conv(d_model, d_in_proj, conv_dim, d_conv, conv_init, bias, conv_bias,
+                                                     factory)
         self.act = nn.SiLU()
         self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, **factory)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
