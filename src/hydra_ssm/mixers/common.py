@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
-from .._checks import check_choice, check_positive_ints, tracing
+from .._checks import check_choice, check_positive_ints, check_sequence_input, tracing
 
 ACTIVATIONS = ("silu", "swish")
 
@@ -55,12 +57,26 @@ def decay_rate(A_log: torch.Tensor) -> torch.Tensor:
     return -torch.exp(A_log.to(work_dtype(A_log.dtype)))
 
 
+def token_diagonal(x: torch.Tensor, fc_D: nn.Linear, D: torch.Tensor) -> torch.Tensor:
+    """Per-token diagonal of the quasiseparable matrix, ``fc_D(x_t) + D``: x (B, L, H, P) -> (B, L, H)."""
+    return F.linear(rearrange(x, "b l h p -> b l (h p)"), fc_D.weight, D.to(x.dtype))
+
+
 def key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     """(B, L) valid tokens -> (B, 1, 1, L) keys each query may read. A row with no
     valid token reads every key, so it stays finite (its outputs are zeroed)."""
     if mask is None:
         return None
     return (mask | ~mask.any(1, keepdim=True))[:, None, None, :]
+
+
+def check_padded_input(u: torch.Tensor, d_model: int, attention_mask, dtype: torch.dtype) -> torch.Tensor | None:
+    """:func:`check_sequence_input` for a layer whose parameters have ``dtype``, and a mask (returned as
+    bool, or None) with one contiguous run of valid tokens per row."""
+    mask = check_sequence_input(u, d_model, attention_mask, dtype=dtype)
+    if mask is not None:
+        check_contiguous_mask(mask)
+    return mask
 
 
 def check_contiguous_mask(mask: torch.Tensor) -> None:

@@ -10,9 +10,10 @@ from einops import rearrange
 from torch import nn
 
 from .._checks import (check_bool, check_choice, check_float_dtype, check_number, check_positive_ints,
-                       check_sequence_input, exporting, tracing)
+                       exporting, tracing)
 from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_minimal, quasiseparable_two_pass
-from .common import check_contiguous_mask, check_layer_sizes, decay_rate, dt_bias, in_proj_and_conv, work_dtype
+from .common import (check_layer_sizes, check_padded_input, decay_rate, dt_bias, in_proj_and_conv, token_diagonal,
+                     work_dtype)
 from .norm import GatedRMSNorm
 from .registry import SequenceMixer, register_mixer
 
@@ -173,13 +174,10 @@ class Hydra(SequenceMixer):
 
     def _diag(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token diagonal D_t = fc_D(x_t) + D, (B, L, H)."""
-        return F.linear(rearrange(x, "b l h p -> b l (h p)"), self.fc_D.weight, self.D.to(x.dtype))
+        return token_diagonal(x, self.fc_D, self.D)
 
     def _check(self, u, attention_mask):
-        mask = check_sequence_input(u, self.d_model, attention_mask, dtype=self.in_proj.weight.dtype)
-        if mask is not None:
-            check_contiguous_mask(mask)
-        return mask
+        return check_padded_input(u, self.d_model, attention_mask, self.in_proj.weight.dtype)
 
     # ---------------------------------------------------------------- forward
     def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

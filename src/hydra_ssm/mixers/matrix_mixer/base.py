@@ -32,10 +32,9 @@ from ..._checks import (
     check_options,
     check_positive_int,
     check_positive_ints,
-    check_sequence_input,
     did_you_mean,
 )
-from ..common import check_contiguous_mask, check_layer_sizes, in_proj_and_conv
+from ..common import check_layer_sizes, check_padded_input, in_proj_and_conv
 from ..norm import GatedRMSNorm
 from ..registry import _MIXERS, SequenceMixer, get_mixer_class
 from .padding import roll_rows, rotation
@@ -210,12 +209,10 @@ class MatrixMixer(SequenceMixer):
 
     # ---- shared plumbing ------------------------------------------------------------
     def _check(self, u, attention_mask):
-        mask = check_sequence_input(u, self.d_model, attention_mask, dtype=self.in_proj.weight.dtype)
+        mask = check_padded_input(u, self.d_model, attention_mask, self.in_proj.weight.dtype)
         if not self.is_data_dependent and u.shape[1] > self.max_seq_len:
             raise ValueError(f"sequence length {u.shape[1]} exceeds max_seq_len={self.max_seq_len} of the "
                              f"data-independent {self.matrix_mixer_type!r} mixer")
-        if mask is not None:
-            check_contiguous_mask(mask)
         return mask
 
     def _streams(self, u, mask):

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
 from ...ops import quasiseparable_chunked, quasiseparable_matrix
+from ..common import token_diagonal
 from ..registry import register_mixer
 from .ssm import SSMMixer
 
@@ -39,7 +38,7 @@ class QuasiseparableMixer(SSMMixer):
         if mask is not None:
             dt = dt * mask[..., None, None]  # no input and no decay at padding
             C = C * mask[..., None, None].to(C.dtype)  # nothing read out at padding
-        D = F.linear(rearrange(v, "b l h p -> b l (h p)"), self.matrix_mixer.fc_D.weight, self.matrix_mixer.D.to(v.dtype))
+        D = token_diagonal(v, self.matrix_mixer.fc_D, self.matrix_mixer.D)
         return dt[:, :, 0], dt[:, :, 1], self._A(), B, C, D
 
     def mix(self, v, feats, mask):
