@@ -33,7 +33,8 @@ def run_python(code: str, *args, cwd) -> subprocess.CompletedProcess:
 
 def test_docs_add_mixer_block_runs_and_its_model_loads_in_a_fresh_process(tmp_path):
     block = add_mixer_block()
-    save = block + textwrap.dedent("""  # the block as written, then a model that uses the mixer
+    # the block as written, then a model that uses the mixer
+    save = block + textwrap.dedent("""
         import sys
         from hydra_ssm.models import HydraConfig, HydraModel
 
@@ -44,6 +45,15 @@ def test_docs_add_mixer_block_runs_and_its_model_loads_in_a_fresh_process(tmp_pa
         ids = torch.randint(1, 32, (2, 12))
         model.save_pretrained(sys.argv[1])
         torch.save({"ids": ids, "out": model(ids).last_hidden_state.detach()}, sys.argv[1] + "/expected.pt")
+
+        # training reads the class's position_aware: a position-aware mixer gets no position embeddings by default
+        from types import SimpleNamespace
+        from hydra_ssm.train.config import TrainConfig
+        from hydra_ssm.train.loop import model_config
+
+        task = SimpleNamespace(vocab_size=32, seq_len=12, kind="mlm", num_labels=0, info={})
+        train_cfg = TrainConfig(hidden_size=16, headdim=8, num_heads=4)
+        assert model_config(train_cfg, task, "decay", 0).use_position_embeddings is False
     """)
     load = textwrap.dedent("""
         import sys
@@ -73,7 +83,8 @@ def test_docs_add_mixer_block_runs_and_its_model_loads_in_a_fresh_process(tmp_pa
 
 def test_a_mixer_taking_kwargs_builds_in_a_model(tmp_path):
     """A mixer whose constructor takes ``**kwargs`` receives the config's mixer fields and checks them itself;
-    the config does not judge them for it (e.g. hidden_size against the attention heads of "mha")."""
+    the config does not judge them for it (e.g. hidden_size against the attention heads of "mha"). Its class
+    attributes keep their documented defaults."""
     code = textwrap.dedent("""
         import torch
         from hydra_ssm.mixers import SequenceMixer, register_mixer
@@ -96,5 +107,13 @@ def test_a_mixer_taking_kwargs_builds_in_a_model(tmp_path):
         mixer = model.encoder.layers[0].mixer
         assert mixer.kwargs["num_heads"] == 12 and mixer.kwargs["d_state"] == 64, mixer.kwargs
         assert model(torch.randint(1, 32, (2, 5))).last_hidden_state.shape == (2, 5, 20)
+
+        # position_aware left at its default (False): training adds position embeddings
+        from types import SimpleNamespace
+        from hydra_ssm.train.config import TrainConfig
+        from hydra_ssm.train.loop import model_config
+
+        task = SimpleNamespace(vocab_size=32, seq_len=12, kind="mlm", num_labels=0, info={})
+        assert model_config(TrainConfig(hidden_size=20), task, "scale", 0).use_position_embeddings is True
     """)
     run_python(code, cwd=tmp_path)
