@@ -36,13 +36,14 @@ from ..._checks import (
 )
 from ..common import check_layer_sizes, check_padded_input, in_proj_and_conv
 from ..norm import GatedRMSNorm
-from ..registry import _MIXERS, SequenceMixer, get_mixer_class
+from ..registry import SequenceMixer, available_mixers, get_mixer_class
 from .padding import roll_rows, rotation
 
 
 def matrix_mixer_types() -> list[str]:
     """Names of the registered :class:`MatrixMixer` classes."""
-    return sorted(name for name, cls in _MIXERS.items() if issubclass(cls, MatrixMixer) and cls.mixer_name == name)
+    classes = {name: get_mixer_class(name) for name in available_mixers()}
+    return [name for name, cls in classes.items() if issubclass(cls, MatrixMixer) and cls.mixer_name == name]
 
 
 class MatrixMixer(SequenceMixer):
