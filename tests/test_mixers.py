@@ -62,7 +62,7 @@ def make(t, dd, **kw):
 
 
 def apply_matrix(m, M, u):
-    z, v = m.value_stream(u)
+    z, v, _ = m._streams(u, None)
     y = torch.einsum("bhij,bjhp->bihp", M.to(v.dtype), v)
     return m.out_proj(m.norm(rearrange(y, "b l h p -> b l (h p)"), z))
 

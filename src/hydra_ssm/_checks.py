@@ -47,9 +47,23 @@ def check_options(owner: str, given: Iterable[str], accepted: Iterable[str]) -> 
                              f"Accepted options: {', '.join(accepted)}")
 
 
-def check_positive_int(name: str, value) -> None:
+def check_positive_int(name: str, value, *, allow_none: bool = False) -> None:
+    """``value`` an int (not a bool) > 0, or None with ``allow_none``."""
+    if allow_none and value is None:
+        return
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{name} must be a positive integer{' or None' if allow_none else ''}, got {value!r}")
+
+
+def check_positive_ints(**values) -> None:
+    """:func:`check_positive_int` for each ``name=value``, in the order given."""
+    for name, value in values.items():
+        check_positive_int(name, value)
+
+
+def check_nonnegative_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
 
 
 def check_bool(name: str, value) -> None:

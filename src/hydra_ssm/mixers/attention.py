@@ -8,6 +8,7 @@ from einops import rearrange
 from torch import nn
 
 from .._checks import check_bool, check_float_dtype, check_positive_int, check_probability, check_sequence_input
+from .common import key_mask
 from .registry import SequenceMixer, register_mixer
 
 
@@ -52,7 +53,7 @@ class MultiHeadAttention(SequenceMixer):
     def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         mask = check_sequence_input(u, self.d_model, attention_mask, dtype=self.qkv.weight.dtype)
         q, k, v = self._qkv(u)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=_key_mask(mask),
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask(mask),
                                            dropout_p=self.dropout if self.training else 0.0)
         out = self.out_proj(rearrange(y, "b h l d -> b l (h d)"))
         return out if mask is None else out * mask[..., None].to(out.dtype)
@@ -62,13 +63,6 @@ class MultiHeadAttention(SequenceMixer):
         q, k, _ = self._qkv(u)
         scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
         if mask is not None:
-            scores = scores.masked_fill(~_key_mask(mask), float("-inf"))
+            scores = scores.masked_fill(~key_mask(mask), float("-inf"))
         return scores.softmax(-1)
 
-
-def _key_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
-    """(B, L) valid tokens -> (B, 1, 1, L) keys each query may read. A row with no
-    valid token reads every key, so it stays finite (its outputs are zeroed)."""
-    if mask is None:
-        return None
-    return (mask | ~mask.any(1, keepdim=True))[:, None, None, :]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
@@ -10,9 +9,11 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .._checks import (check_bool, check_choice, check_float_dtype, check_number, check_positive_int,
-                       check_sequence_input, exporting, tracing)
+from .._checks import (check_bool, check_choice, check_float_dtype, check_number, check_positive_ints,
+                       exporting, tracing)
 from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_minimal, quasiseparable_two_pass
+from .common import (check_layer_sizes, check_padded_input, decay_rate, dt_bias, in_proj_and_conv, token_diagonal,
+                     work_dtype)
 from .norm import GatedRMSNorm
 from .registry import SequenceMixer, register_mixer
 
@@ -25,28 +26,12 @@ def scan_for(scan_impl: str):
     return quasiseparable_minimal if exporting() else SCAN_IMPLS[scan_impl]
 
 
-ACTIVATIONS = ("silu", "swish")
-
-
 def check_dt_limit(dt_limit) -> None:
     """``dt_limit``: a pair (low, high) of numbers with 0 <= low < high (high may be inf)."""
     ok = isinstance(dt_limit, (tuple, list)) and len(dt_limit) == 2 and all(
         isinstance(v, numbers.Real) and not isinstance(v, bool) for v in dt_limit)
     if not ok or not 0 <= dt_limit[0] < dt_limit[1]:
         raise ValueError(f"dt_limit must be a pair (low, high) with 0 <= low < high, got {dt_limit!r}")
-
-
-def check_contiguous_mask(mask: torch.Tensor) -> None:
-    """Valid tokens must form one contiguous run per row (left and/or right padding)."""
-    if tracing():
-        return
-    count = mask.sum(1)
-    idx = torch.arange(mask.shape[1], device=mask.device)
-    first = torch.where(mask, idx, mask.shape[1]).amin(1)
-    last = torch.where(mask, idx, -1).amax(1)
-    ok = (count == 0) | (last - first + 1 == count)
-    if not bool(ok.all()):
-        raise ValueError("attention_mask must mark one contiguous run of valid tokens per row (padding on the left and/or right)")
 
 
 @register_mixer("hydra")
@@ -77,6 +62,8 @@ class Hydra(SequenceMixer):
     sequences returns an empty ``(0, L, d_model)`` output; ``L = 0`` is an error.
     """
 
+    position_aware = True  # the scan orders the tokens
+
     def __init__(
         self,
         d_model,
@@ -103,20 +90,14 @@ class Hydra(SequenceMixer):
     ):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
-        for name, value in (("d_model", d_model), ("d_state", d_state), ("d_conv", d_conv), ("expand", expand),
-                            ("headdim", headdim), ("ngroups", ngroups), ("chunk_size", chunk_size)):
-            check_positive_int(name, value)
+        check_positive_ints(d_state=d_state, ngroups=ngroups, chunk_size=chunk_size)
+        check_layer_sizes(d_model, expand, headdim, d_conv, activation)
         check_float_dtype(dtype)
         for name, value in (("learnable_init_states", learnable_init_states), ("bias", bias), ("conv_bias", conv_bias)):
             check_bool(name, value)
-        if d_conv % 2 == 0:
-            raise ValueError(f"d_conv must be odd so the non-causal convolution keeps the length, got {d_conv}")
-        if (expand * d_model) % headdim != 0:
-            raise ValueError(f"expand * d_model ({expand} * {d_model} = {expand * d_model}) must be divisible by headdim ({headdim})")
         nheads = expand * d_model // headdim
         if nheads % ngroups != 0:
             raise ValueError(f"the number of heads ({nheads}) must be divisible by ngroups ({ngroups})")
-        check_choice("activation", activation, ACTIVATIONS)
         check_number("dt_min", dt_min, low=0, low_open=True, what="a positive number")
         check_number("dt_max", dt_max, low=0, low_open=True, what="a positive number")
         if not dt_min <= dt_max:
@@ -147,20 +128,13 @@ class Hydra(SequenceMixer):
         # in_proj columns: [z (d_inner) | x (d_inner), B_f, C_f, B_b, C_b (G*N each) | dt_f, dt_b (H each)]
         self.bc_dim = ngroups * d_state
         self.conv_dim = self.d_inner + 4 * self.bc_dim
-        self.in_proj = nn.Linear(d_model, self.d_inner + self.conv_dim + 2 * nheads, bias=bias, **factory)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim,
-                                padding=d_conv // 2, bias=conv_bias, **factory)
-        if conv_init is not None:
-            nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
+        self.in_proj, self.conv1d = in_proj_and_conv(d_model, self.d_inner + self.conv_dim + 2 * nheads, self.conv_dim,
+                                                     d_conv, conv_init, bias, conv_bias, factory)
         if learnable_init_states:
             self.init_states = nn.Parameter(torch.zeros(nheads, headdim, d_state, **factory))
             self.init_states._no_weight_decay = True
 
-        # dt bias: softplus^{-1} of dt drawn log-uniformly in [dt_min, dt_max]
-        dt = torch.exp(torch.rand(nheads, **factory) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
-        dt = dt.clamp(min=dt_init_floor)
-        self.dt_bias = nn.Parameter(dt + torch.log(-torch.expm1(-dt)))
-        self.dt_bias._no_weight_decay = True
+        self.dt_bias = dt_bias(nheads, dt_min, dt_max, dt_init_floor, factory)
         self.A_log = nn.Parameter(torch.zeros(nheads, device=device, dtype=dtype))  # A = -exp(A_log) = -1
         self.A_log._no_weight_decay = True
         self.D = nn.Parameter(torch.ones(nheads, **factory))
@@ -181,7 +155,7 @@ class Hydra(SequenceMixer):
         xBC = F.silu(self.conv1d(xBC.transpose(1, 2)).transpose(1, 2))
         x, B_f, C_f, B_b, C_b = torch.split(xBC, [self.d_inner] + [self.bc_dim] * 4, dim=-1)
         # both directions share dt_bias: (B, L, 2, H)
-        cdt = torch.promote_types(dt.dtype, torch.float32)
+        cdt = work_dtype(dt.dtype)
         dt = F.softplus(rearrange(dt.to(cdt), "b l (two h) -> b l two h", two=2) + self.dt_bias.to(cdt))
         if self.dt_limit != (0.0, float("inf")):
             dt = dt.clamp(self.dt_limit[0], self.dt_limit[1])
@@ -196,17 +170,14 @@ class Hydra(SequenceMixer):
         return z, x, B_f, C_f, B_b, C_b, dt_f, dt_b
 
     def _A(self):
-        return -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))
+        return decay_rate(self.A_log)
 
     def _diag(self, x: torch.Tensor) -> torch.Tensor:
         """Per-token diagonal D_t = fc_D(x_t) + D, (B, L, H)."""
-        return F.linear(rearrange(x, "b l h p -> b l (h p)"), self.fc_D.weight, self.D.to(x.dtype))
+        return token_diagonal(x, self.fc_D, self.D)
 
     def _check(self, u, attention_mask):
-        mask = check_sequence_input(u, self.d_model, attention_mask, dtype=self.in_proj.weight.dtype)
-        if mask is not None:
-            check_contiguous_mask(mask)
-        return mask
+        return check_padded_input(u, self.d_model, attention_mask, self.in_proj.weight.dtype)
 
     # ---------------------------------------------------------------- forward
     def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

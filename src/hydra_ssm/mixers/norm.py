@@ -6,11 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .common import work_dtype
+
 
 def gated_rms_norm_ref(x, z, weight, eps: float):
     """``rmsnorm(x) * weight * silu(z)`` written with autograd ops (the reference)."""
     dtype = x.dtype
-    cdt = torch.promote_types(dtype, torch.float32)
+    cdt = work_dtype(dtype)
     x = x.to(cdt)
     out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight.to(cdt)
     if z is not None:
@@ -23,7 +25,7 @@ class _GatedRMSNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, z, weight, eps):
-        cdt = torch.promote_types(x.dtype, torch.float32)
+        cdt = work_dtype(x.dtype)
         xf = x.to(cdt)
         rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
         out = xf * rstd * weight.to(cdt)

@@ -10,7 +10,9 @@ Every mixer is one ``nn.Module`` class registered under a name::
         def forward(self, u, attention_mask=None): ...
 
 and is then built by name with :func:`build_mixer`. Nothing in the library
-branches on mixer names.
+branches on mixer names: what the models and the training code need to know
+about a mixer are class attributes of :class:`SequenceMixer`, which a new
+mixer sets (or leaves at their defaults).
 """
 
 from __future__ import annotations
@@ -28,6 +30,13 @@ _MIXERS: dict[str, type["SequenceMixer"]] = {}
 T = TypeVar("T", bound=type)
 
 
+def _signature_options(cls: type) -> set[str] | None:
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return {k for k, p in params.items() if k not in ("self", "d_model") and p.kind is not inspect.Parameter.VAR_POSITIONAL}
+
+
 class SequenceMixer(nn.Module):
     """Base class of all mixers: ``(B, L, d_model) -> (B, L, d_model)``.
 
@@ -35,7 +44,22 @@ class SequenceMixer(nn.Module):
     valid positions must not depend on padded ones.
     """
 
+    #: the registered name (set by :func:`register_mixer`)
     mixer_name: str = ""
+    #: True when the mixer tells positions apart by itself (a scan, a kernel indexed by lag), so
+    #: models need no position embeddings: ``hydra-ssm train --position-embeddings auto`` adds them
+    #: only for mixers with ``position_aware = False`` (the default).
+    position_aware: bool = False
+    #: forms the mixer has: "sam" (its matrix computed from the input) and/or "di" (a learned matrix
+    #: sized by ``max_seq_len``; the constructor then takes ``is_data_dependent`` and ``max_seq_len``).
+    #: Default: data-dependent only.
+    forms: tuple[str, ...] = ("sam",)
+
+    @classmethod
+    def keyword_options(cls) -> set[str] | None:
+        """Keyword arguments the constructor accepts besides ``d_model``, read from its
+        signature; None when it takes ``**kwargs`` (then it checks them itself)."""
+        return _signature_options(cls)
 
     def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -70,12 +94,10 @@ def get_mixer_class(name: str) -> type[SequenceMixer]:
 
 
 def accepted_options(cls: type) -> set[str] | None:
-    """Keyword arguments ``cls(...)`` accepts besides ``d_model``, read from its
-    signature; None when it takes ``**kwargs`` (then it checks them itself)."""
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return {k for k, p in params.items() if k not in ("self", "d_model") and p.kind is not inspect.Parameter.VAR_POSITIONAL}
+    """Keyword arguments ``cls(...)`` accepts besides ``d_model`` (see
+    :meth:`SequenceMixer.keyword_options`); None when it checks them itself."""
+    own = getattr(cls, "keyword_options", None)  # None for a plain nn.Module registered as a mixer
+    return own() if own is not None else _signature_options(cls)
 
 
 def build_mixer(name: str, d_model: int, *, strict: bool = True, **kwargs) -> SequenceMixer:

@@ -19,13 +19,14 @@ from transformers.activations import ACT2FN
 from .._checks import (
     check_bool,
     check_choice,
+    check_nonnegative_int,
     check_number,
     check_options,
     check_positive_int,
     check_probability,
     did_you_mean,
 )
-from ..mixers import build_mixer, get_mixer_class  # importing hydra_ssm.mixers registers the built-in mixers
+from ..mixers import SequenceMixer, available_mixers, build_mixer, get_mixer_class  # registers the built-in mixers
 from ..mixers.registry import accepted_options
 
 POOLING_MODES = ("cls", "mean")
@@ -93,10 +94,14 @@ class HydraConfig(PretrainedConfig):
         image_size, patch_size, num_channels: ViT-style non-overlapping patches.
 
     Every field is validated on construction (and so on ``from_pretrained``): a
-    ValueError names the field and what was expected. The mixer is also built
-    once on the meta device (no memory), so values only the mixer can judge
-    (``mixer_options={"scan_impl": ...}``, an even ``d_conv``) fail here and not
-    when the model is built. An unknown keyword that looks like a misspelt field
+    ValueError names the field and what was expected. When ``matrix_mixer_type``
+    is a registered mixer, the mixer is also built once on the meta device (no
+    memory), so values only the mixer can judge (``mixer_options={"scan_impl": ...}``,
+    an even ``d_conv``) fail here and not when the model is built. A config
+    naming a mixer that is not registered (yet) still loads, so a saved config
+    of a custom mixer can be read before its code registers it; the mixer
+    checks (:meth:`validate_mixer`, an unknown name included) then run when a
+    model is built. An unknown keyword that looks like a misspelt field
     (``d_sate``) raises; other unknown keywords are kept as attributes, as
     transformers does.
     """
@@ -190,9 +195,7 @@ class HydraConfig(PretrainedConfig):
         for name in ("is_prenorm", "use_position_embeddings", "tie_word_embeddings"):
             check_bool(f"HydraConfig.{name}", getattr(self, name))
         for name in ("type_vocab_size", "intermediate_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"HydraConfig.{name} must be a non-negative integer, got {value!r}")
+            check_nonnegative_int(f"HydraConfig.{name}", getattr(self, name))
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             check_probability(f"HydraConfig.{name}", getattr(self, name))
         if self.classifier_dropout is not None:
@@ -211,17 +214,25 @@ class HydraConfig(PretrainedConfig):
         if self.image_size % self.patch_size != 0:
             raise ValueError(f"HydraConfig.image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
         mpe = self.max_position_embeddings
-        if mpe is not None and (not isinstance(mpe, int) or isinstance(mpe, bool) or mpe <= 0):
-            raise ValueError(f"HydraConfig.max_position_embeddings must be a positive integer or None, got {mpe!r}")
+        check_positive_int("HydraConfig.max_position_embeddings", mpe, allow_none=True)
         if self.use_position_embeddings and mpe is None:
             raise ValueError("HydraConfig: use_position_embeddings=True needs max_position_embeddings")
+        if not isinstance(self.matrix_mixer_type, str) or not self.matrix_mixer_type:
+            raise ValueError(f"HydraConfig.matrix_mixer_type must be a mixer name (a non-empty string), "
+                             f"got {self.matrix_mixer_type!r}")
+        if not isinstance(self.mixer_options, dict):
+            raise ValueError(f"HydraConfig.mixer_options must be a dict, got {type(self.mixer_options).__name__}")
+        if self.matrix_mixer_type in available_mixers():
+            self.validate_mixer()
 
+    def validate_mixer(self) -> None:
+        """The checks that need the mixer's class from the registry (an unknown name raises here);
+        run on construction for a registered mixer, and by the models before they build one."""
         try:
             mixer_cls = get_mixer_class(self.matrix_mixer_type)
         except ValueError as err:
             raise ValueError(f"HydraConfig.matrix_mixer_type: {err}") from None
-        if not isinstance(self.mixer_options, dict):
-            raise ValueError(f"HydraConfig.mixer_options must be a dict, got {type(self.mixer_options).__name__}")
+        mpe = self.max_position_embeddings
         accepted = accepted_options(mixer_cls)
         if accepted is not None:
             try:
@@ -229,8 +240,8 @@ class HydraConfig(PretrainedConfig):
             except ValueError as err:
                 raise ValueError(f"HydraConfig.mixer_options: {err}") from None
 
-        def takes(name):
-            return accepted is None or name in accepted
+        def takes(name):  # named by the constructor (a **kwargs mixer checks its options itself, when built below)
+            return accepted is not None and name in accepted
 
         options = self.mixer_kwargs(seq_len=mpe)
         if takes("headdim") and "headdim" in options:
@@ -244,7 +255,7 @@ class HydraConfig(PretrainedConfig):
                 f"HydraConfig: hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
                 f"({self.num_attention_heads}) for matrix_mixer_type={self.matrix_mixer_type!r}")
         data_independent = self.is_data_dependent is False or (
-            self.is_data_dependent is None and "sam" not in getattr(mixer_cls, "forms", ("sam",)))
+            self.is_data_dependent is None and "sam" not in getattr(mixer_cls, "forms", SequenceMixer.forms))
         if data_independent and mpe is None and (takes("is_data_dependent") or takes("max_seq_len")):
             raise ValueError(
                 f"HydraConfig: the data-independent mixer {self.matrix_mixer_type!r} (is_data_dependent=False) sizes its "

@@ -217,6 +217,7 @@ class HydraBlock(nn.Module):
 class HydraEncoder(nn.Module):
     def __init__(self, config: HydraConfig, seq_len: int | None):
         super().__init__()
+        config.validate_mixer()  # a config may name a mixer that was not registered when it was loaded
         self.layers = nn.ModuleList([HydraBlock(config, i, seq_len) for i in range(config.num_hidden_layers)])
         self.norm_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.is_prenorm else None
         self.gradient_checkpointing = False  # switched by PreTrainedModel.gradient_checkpointing_enable()

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..mixers import get_mixer_class
 from .checkpoints import (atomic_json, atomic_write, load_checkpoint, make_output_dir, new_run_id, resume_point,
                           run_config, save_checkpoint, save_model_dir)
 from .config import TrainConfig, UsageError
@@ -31,7 +32,6 @@ from .batching import batch_indices, make_batch, step_generator
 from .tasks import TaskData
 
 EVAL_SEED = 2024
-POSITION_AWARE = {"hydra", "quasiseparable", "semiseparable", "toeplitz", "vandermonde", "cauchy"}
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -79,7 +79,9 @@ class Dist:
 
 # ---------------------------------------------------------------------------------------------- models
 def model_config(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size: int):
-    pos = cfg.position_embeddings == "on" or (cfg.position_embeddings == "auto" and mixer not in POSITION_AWARE)
+    # "auto": position embeddings for the mixers that do not tell positions apart by themselves
+    pos = cfg.position_embeddings == "on" or (cfg.position_embeddings == "auto"
+                                              and not get_mixer_class(mixer).position_aware)
     kw = dict(vocab_size=max(task.vocab_size, 8), hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
               matrix_mixer_type=mixer, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, headdim=cfg.headdim,
               chunk_size=min(cfg.chunk_size, task.seq_len), num_attention_heads=cfg.num_heads,
