@@ -21,7 +21,7 @@ pytest.importorskip("datasets")
 from hydra_ssm.cli import main  # noqa: E402
 from tiny_runs import TINY_CLI  # noqa: E402
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
+from paths import SRC  # noqa: E402
 NAMES = ("cooking", "sports")
 CUES = (["pan", "salt", "oven", "butter", "onion"], ["goal", "team", "match", "ball", "coach"])
 FILLER = ["the", "a", "of", "and", "to", "in", "was", "it", "on", "for", "with", "then", "very", "some", "that"]

@@ -23,7 +23,7 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
+from paths import SRC  # noqa: E402
 
 DEPLOY = r'''
 import json, sys

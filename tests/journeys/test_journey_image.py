@@ -21,7 +21,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("sklearn")
 pytest.importorskip("PIL")
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
+from paths import SRC  # noqa: E402
 ENV = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
 TRAIN = ["--task", "image", "--mixers", "hydra", "--hidden-size", "32", "--num-layers", "1", "--headdim", "16",
          "--d-state", "8", "--patch-size", "2", "--steps", "40", "--batch-size", "32", "--lr", "3e-3",

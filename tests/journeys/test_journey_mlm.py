@@ -19,7 +19,7 @@ from hydra_ssm.train.config import TrainConfig  # noqa: E402
 from hydra_ssm.train.tasks import mlm_data  # noqa: E402
 from hydra_ssm.train.tokenization import CLS, MASK, SEP, load_tokenizer  # noqa: E402
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "src")
+from paths import SRC  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ Each case is ``(callable, expected exception type, message regex)``. An expected
 exception of ``None`` marks an input the library accepts: the callable then
 checks the result itself (an AssertionError means a silently wrong result).
 
-``python tests/test_bad_inputs.py`` prints the outcome counts (clear error,
+``python tests/models/test_bad_inputs.py`` prints the outcome counts (clear error,
 cryptic error, silently wrong, correct) and every case that is not as expected.
 """
 

@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 from hydra_ssm.cli import build_parser, main  # noqa: E402
 from hydra_ssm.train.config import TrainConfig, build_config, load_config_file  # noqa: E402
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+from paths import SRC  # noqa: E402
 
 
 def test_help_documents_every_option():

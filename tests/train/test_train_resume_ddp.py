@@ -15,7 +15,7 @@ from hydra_ssm.cli import main  # noqa: E402
 from hydra_ssm.train.corpus import default_corpus  # noqa: E402
 from hydra_ssm.train.tokenization import save_tokenizer, train_tokenizer  # noqa: E402
 
-SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "src")
+from paths import SRC  # noqa: E402
 
 
 def losses(run_dir):
