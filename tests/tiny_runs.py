@@ -32,3 +32,15 @@ def write_book(path, chars: int):
 
     path.write_text("\n".join(default_corpus(chars)[0]))
     return path
+
+
+def tiny_mlm_run(d, chars: int, *options: str):
+    """``hydra-ssm train`` (masked LM, batch 8) on ``chars`` characters of text written to ``d/book.txt``, with the
+    tiny model and then ``options``; returns the output directory ``d/run``."""
+    from hydra_ssm.cli import main
+
+    write_book(d / "book.txt", chars)
+    out = d / "run"
+    assert main(["train", "--train-file", str(d / "book.txt"), "--output-dir", str(out), "--batch-size", "8",
+                 *TINY_CLI, *options]) == 0
+    return out

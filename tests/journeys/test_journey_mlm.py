@@ -14,7 +14,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from hydra_ssm.cli import main  # noqa: E402
-from tiny_runs import TINY_CLI, write_book  # noqa: E402
+from tiny_runs import tiny_mlm_run  # noqa: E402
 from hydra_ssm.train.config import TrainConfig  # noqa: E402
 from hydra_ssm.train.tasks import mlm_data  # noqa: E402
 from hydra_ssm.train.tokenization import CLS, MASK, SEP, load_tokenizer  # noqa: E402
@@ -25,11 +25,7 @@ from paths import SRC  # noqa: E402
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     d = tmp_path_factory.mktemp("mlm")
-    write_book(d / "book.txt", 20_000)
-    out = d / "run"
-    assert main(["train", "--train-file", str(d / "book.txt"), "--mixers", "hydra", "--steps", "4",
-                 "--batch-size", "8", "--eval-every", "4", "--eval-batches", "0", "--output-dir", str(out),
-                 *TINY_CLI]) == 0
+    out = tiny_mlm_run(d, 20_000, "--mixers", "hydra", "--steps", "4", "--eval-every", "4", "--eval-batches", "0")
     return d, out
 
 

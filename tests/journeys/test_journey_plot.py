@@ -9,20 +9,13 @@ pytest.importorskip("transformers")
 pytest.importorskip("matplotlib")
 
 from hydra_ssm.cli import main  # noqa: E402
-from tiny_runs import TINY_CLI, write_book  # noqa: E402
-
-TINY = [*TINY_CLI, "--num-layers", "2"]
+from tiny_runs import tiny_mlm_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    d = tmp_path_factory.mktemp("plot")
-    write_book(d / "book.txt", 15_000)
-    out = d / "run"
-    assert main(["train", "--train-file", str(d / "book.txt"), "--mixers", "hydra,mha", "--steps", "4",
-                 "--batch-size", "8", "--eval-every", "2", "--eval-batches", "1", "--output-dir", str(out),
-                 *TINY]) == 0
-    return out
+    return tiny_mlm_run(tmp_path_factory.mktemp("plot"), 15_000, "--mixers", "hydra,mha", "--steps", "4",
+                        "--eval-every", "2", "--eval-batches", "1", "--num-layers", "2")
 
 
 def png(path) -> bool:

@@ -13,19 +13,14 @@ pytest.importorskip("transformers")
 pytest.importorskip("accelerate")  # Trainer needs it: the hf and train extras install it
 datasets = pytest.importorskip("datasets")
 
-from hydra_ssm.cli import main  # noqa: E402
-from tiny_runs import TINY_CLI, write_book  # noqa: E402
+from tiny_runs import tiny_mlm_run  # noqa: E402
 
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    d = tmp_path_factory.mktemp("pretrain")
-    write_book(d / "book.txt", 15_000)
-    out = d / "run"
-    assert main(["train", "--train-file", str(d / "book.txt"), "--mixers", "hydra", "--steps", "3",
-                 "--batch-size", "8", "--eval-every", "3", "--eval-batches", "1", "--output-dir", str(out),
-                 *TINY_CLI]) == 0
+    out = tiny_mlm_run(tmp_path_factory.mktemp("pretrain"), 15_000, "--mixers", "hydra", "--steps", "3",
+                       "--eval-every", "3", "--eval-batches", "1")
     ck = out / "mlm" / "hydra" / "checkpoints"
     steps = sorted(p for p in os.listdir(ck) if p.startswith("step-") and (ck / p / "config.json").is_file())
     return ck / steps[-1]

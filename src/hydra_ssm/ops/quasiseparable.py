@@ -13,7 +13,6 @@ gives an empty output.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
 from ._layout import check_chunk_size, to_chunks

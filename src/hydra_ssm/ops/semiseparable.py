@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import torch
-
 from ._layout import check_chunk_size, to_chunks
 from ._shapes import check_ssm_args, check_state, check_step_sizes, compute_dtype
 from .chunked import Direction, DirectionTensors, chunk_scan, log_decays
