@@ -17,6 +17,13 @@ try:
 except ImportError:
     pass
 else:
-    from . import models  # noqa: F401  (registers the Auto classes)
+    try:
+        from . import models  # noqa: F401  (registers the Auto classes)
+    except ImportError as err:  # e.g. a transformers older than the models need: the core still works
+        import warnings
+
+        warnings.warn(f"hydra_ssm.models cannot be imported ({err}), so the Hydra models are not registered with "
+                      "transformers; the layers and operators work. Install the tested versions: "
+                      "pip install 'hydra-ssm[hf]'", stacklevel=2)
 
 __all__ = ["Hydra", "MatrixMixer", "MultiHeadAttention", "SequenceMixer", "available_mixers", "build_mixer", "register_mixer", "ops"]

@@ -104,6 +104,34 @@ def test_import_hydra_ssm_without_transformers_needs_only_torch_and_einops():
     assert out["hint"] is not None and "hydra-ssm[hf]" in out["hint"]
 
 
+OLD_TRANSFORMERS = r"""
+import json, sys, warnings
+
+class NoImageBackends:
+    '''Makes a module that only recent transformers releases have fail to import, as an older release would.'''
+    def find_spec(self, name, path=None, target=None):
+        if name == "transformers.image_processing_backends":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+        return None
+
+sys.meta_path.insert(0, NoImageBackends())
+import torch
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import hydra_ssm
+y = hydra_ssm.Hydra(d_model=16, headdim=8, d_state=4, chunk_size=4)(torch.randn(1, 5, 16))
+print(json.dumps({"shape": list(y.shape), "warnings": [str(w.message) for w in caught
+                                                       if "hydra_ssm.models" in str(w.message)]}))
+"""
+
+
+def test_import_hydra_ssm_with_an_older_transformers_keeps_the_core():
+    out = _python(OLD_TRANSFORMERS)
+    assert out["shape"] == [1, 5, 16]
+    assert len(out["warnings"]) == 1 and "not registered with transformers" in out["warnings"][0], out
+    assert "image_processing_backends" in out["warnings"][0] and "hydra-ssm[hf]" in out["warnings"][0]
+
+
 WITHOUT_PILLOW = r"""
 import json, sys
 
