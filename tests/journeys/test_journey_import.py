@@ -70,17 +70,25 @@ def test_fresh_process_loads_saved_models_after_import_hydra_ssm_alone(tmp_path)
         assert torch.equal(torch.load(tmp_path / "ids.pt.out"), mlm(ids).logits)
 
 
-WITHOUT_TRANSFORMERS = r"""
-import json, sys
+def without(module: str) -> str:
+    """Code that makes ``import module`` (and its submodules) fail in the interpreter that runs it, as if the
+    module were not installed: a meta-path finder placed first."""
+    return f"""
+import sys
 
-class NoTransformers:
-    '''A meta-path finder that makes `import transformers` fail, as if it were not installed.'''
+class Without:
     def find_spec(self, name, path=None, target=None):
-        if name == "transformers" or name.startswith("transformers."):
-            raise ModuleNotFoundError(f"No module named {name!r}")
+        if name == {module!r} or name.startswith({module + "."!r}):
+            raise ModuleNotFoundError(f"No module named {{name!r}}")
         return None
 
-sys.meta_path.insert(0, NoTransformers())
+sys.meta_path.insert(0, Without())
+"""
+
+
+WITHOUT_TRANSFORMERS = without("transformers") + r"""
+import json, sys
+
 import torch, einops
 before = set(sys.modules)
 import hydra_ssm
@@ -104,17 +112,9 @@ def test_import_hydra_ssm_without_transformers_needs_only_torch_and_einops():
     assert out["hint"] is not None and "hydra-ssm[hf]" in out["hint"]
 
 
-OLD_TRANSFORMERS = r"""
+OLD_TRANSFORMERS = without("transformers.image_processing_backends") + r"""
 import json, sys, warnings
 
-class NoImageBackends:
-    '''Makes a module that only recent transformers releases have fail to import, as an older release would.'''
-    def find_spec(self, name, path=None, target=None):
-        if name == "transformers.image_processing_backends":
-            raise ModuleNotFoundError(f"No module named {name!r}")
-        return None
-
-sys.meta_path.insert(0, NoImageBackends())
 import torch
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -132,16 +132,9 @@ def test_import_hydra_ssm_with_an_older_transformers_keeps_the_core():
     assert "image_processing_backends" in out["warnings"][0] and "hydra-ssm[hf]" in out["warnings"][0]
 
 
-WITHOUT_PILLOW = r"""
+WITHOUT_PILLOW = without("PIL") + r"""
 import json, sys
 
-class NoPillow:
-    def find_spec(self, name, path=None, target=None):
-        if name == "PIL" or name.startswith("PIL."):
-            raise ModuleNotFoundError(f"No module named {name!r}")
-        return None
-
-sys.meta_path.insert(0, NoPillow())
 import numpy as np
 import hydra_ssm
 from hydra_ssm.models import HydraImageProcessor
