@@ -48,17 +48,12 @@ except ImportError:  # pragma: no cover - transformers 4.x
 _TRANSFORMERS_V5 = int(__import__("transformers").__version__.split(".")[0]) >= 5
 
 
-def _as_bool_mask(attention_mask: torch.Tensor | None, shape, device) -> torch.Tensor | None:
-    """(B, L) bool mask, or None when every token is valid (the mixers' fast path).
+def _padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """A checked (B, L) bool mask, or None when every token is valid (the mixers' fast path).
 
     While a graph is traced (torch.export, ONNX) the mask is always kept: whether it
     is all ones is a property of the data, not of the graph."""
-    if attention_mask is None:
-        return None
-    if tuple(attention_mask.shape) != tuple(shape):
-        raise ValueError(f"attention_mask must have shape (batch, seqlen) = {tuple(shape)}, got {tuple(attention_mask.shape)}")
-    mask = attention_mask.to(device=device).bool()
-    return mask if tracing() or not bool(mask.all()) else None
+    return mask if mask is not None and (tracing() or not bool(mask.all())) else None
 
 
 IGNORE_INDEX = -100  # label of positions that take no part in a loss (CrossEntropyLoss's default)
@@ -328,9 +323,10 @@ class HydraModel(HydraPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds) -> None:
-        """ValueErrors naming the argument, before any computation. The range checks read the
-        values (a host sync) and are skipped while compiling or exporting.
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
+        """ValueErrors naming the argument, before any computation; returns the attention mask as a bool
+        tensor on the inputs' device (or None). The range checks read the values (a host sync) and are
+        skipped while compiling or exporting.
 
         token_type_ids with ``type_vocab_size=0`` are accepted when all zero (what tokenizers
         send for a single segment, and the same as none) and refused otherwise."""
@@ -347,8 +343,8 @@ class HydraModel(HydraPreTrainedModel):
             check_sequence_input(inputs_embeds, config.hidden_size, name="inputs_embeds",
                                  dtype=self.embeddings.word_embeddings.weight.dtype)
             shape = tuple(inputs_embeds.shape[:2])
-        if attention_mask is not None:
-            check_mask(attention_mask, shape)
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        mask = None if attention_mask is None else check_mask(attention_mask, shape, device)
         if token_type_ids is not None:
             check_index_tensor("token_type_ids", token_type_ids, shape)
             types = self.embeddings.token_type_embeddings
@@ -369,6 +365,7 @@ class HydraModel(HydraPreTrainedModel):
                 raise ValueError(f"position_ids must have shape {allowed[0]}, {allowed[1]} or {allowed[2]}, got {got}")
             check_index_tensor("position_ids", position_ids.reshape(-1, shape[1]))
             check_index_range("position_ids", position_ids, positions.num_embeddings)
+        return mask
 
     def forward(
         self,
@@ -384,7 +381,7 @@ class HydraModel(HydraPreTrainedModel):
         """Returns ``BaseModelOutputWithPooling``: last_hidden_state (B, L, D), zero at padded
         positions; pooler_output (B, D) or None; hidden_states (embeddings + one per block) on request.
         ``output_attentions`` is accepted for API compatibility; mixers return no attention maps."""
-        self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
+        mask = _padding_mask(self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds))
         if token_type_ids is not None and self.embeddings.token_type_embeddings is None:
             token_type_ids = None  # all zeros (checked): the single segment, as without token types
         # any integer dtype (uint8, int16, ...) is accepted; embeddings take int64
@@ -392,9 +389,6 @@ class HydraModel(HydraPreTrainedModel):
                                                    for t in (input_ids, token_type_ids, position_ids))
         output_hidden_states = self.config.output_hidden_states if output_hidden_states is None else output_hidden_states
         return_dict = self.config.return_dict if return_dict is None else return_dict
-        shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        device = input_ids.device if input_ids is not None else inputs_embeds.device
-        mask = _as_bool_mask(attention_mask, shape, device)
 
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
                                  inputs_embeds=inputs_embeds, mask=mask)
