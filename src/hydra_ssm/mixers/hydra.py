@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -10,8 +11,9 @@ from einops import rearrange
 from torch import nn
 
 from .._checks import (check_bool, check_choice, check_float_dtype, check_number, check_positive_ints,
-                       exporting, tracing)
+                       check_sequence_input, exporting, tracing)
 from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_minimal, quasiseparable_two_pass
+from ..ops.boundary import EnteringStates, SegmentSummary, entering_state_readout, entering_states, segment_summary
 from .common import (check_layer_sizes, check_padded_input, decay_rate, dt_bias, in_proj_and_conv, token_diagonal,
                      work_dtype)
 from .norm import GatedRMSNorm
@@ -32,6 +34,27 @@ def check_dt_limit(dt_limit) -> None:
         isinstance(v, numbers.Real) and not isinstance(v, bool) for v in dt_limit)
     if not ok or not 0 <= dt_limit[0] < dt_limit[1]:
         raise ValueError(f"dt_limit must be a pair (low, high) with 0 <= low < high, got {dt_limit!r}")
+
+
+class ValueStream(NamedTuple):
+    """What the scan reads at every position (after in_proj, the conv and the activation)."""
+
+    z: torch.Tensor  # (B, L, d_inner) the gate
+    x: torch.Tensor  # (B, L, H, P) values
+    B_fwd: torch.Tensor  # (B, L, G, N)
+    C_fwd: torch.Tensor  # (B, L, G, N)
+    B_bwd: torch.Tensor  # (B, L, G, N)
+    C_bwd: torch.Tensor  # (B, L, G, N)
+    dt_fwd: torch.Tensor  # (B, L, H) step sizes, 0 at padding
+    dt_bwd: torch.Tensor  # (B, L, H)
+
+
+class Segment(NamedTuple):
+    """One segment's value stream, and the C rows its edge outputs read across the cuts."""
+
+    stream: ValueStream  # (B, n, ...) the segment's positions only
+    C_fwd_before: torch.Tensor  # (B, G, N) C_fwd of the position before the segment (0 at the sequence's start)
+    C_bwd_after: torch.Tensor  # (B, G, N) C_bwd of the position after it (0 at the sequence's end)
 
 
 @register_mixer("hydra")
@@ -147,7 +170,7 @@ class Hydra(SequenceMixer):
     def _value_stream(self, u: torch.Tensor, mask: torch.Tensor | None):
         """in_proj, masked non-causal conv, activation, split; dt with padding zeroed.
 
-        Returns z, x (B, L, H, P), B_f, C_f, B_b, C_b (B, L, G, N), dt_f, dt_b (B, L, H).
+        Returns a :class:`ValueStream`.
         """
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
         if mask is not None:
@@ -167,7 +190,7 @@ class Hydra(SequenceMixer):
         dt_f, dt_b = dt.unbind(dim=2)
         x = rearrange(x, "b l (h p) -> b l h p", p=self.headdim)
         B_f, C_f, B_b, C_b = (rearrange(t, "b l (g n) -> b l g n", g=self.ngroups) for t in (B_f, C_f, B_b, C_b))
-        return z, x, B_f, C_f, B_b, C_b, dt_f, dt_b
+        return ValueStream(z, x, B_f, C_f, B_b, C_b, dt_f, dt_b)
 
     def _A(self):
         return decay_rate(self.A_log)
@@ -188,9 +211,101 @@ class Hydra(SequenceMixer):
         init = self.init_states if self.learnable_init_states else None
         y = scan_for(self.scan_impl)(x, dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x),
                                        chunk_size=self.chunk_size, initial_states=init)
-        out = self.out_proj(self.norm(rearrange(y, "b l h p -> b l (h p)"), z))
+        out = self._output(y, z)
         if mask is not None:
             out = out * mask[..., None].to(out.dtype)
+        return out
+
+    def _output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """Gated norm and out_proj of the scan's output y (B, L, H, P) with the gate z: (B, L, d_model)."""
+        return self.out_proj(self.norm(rearrange(y, "b l h p -> b l (h p)"), z))
+
+    # ------------------------------------------------ segments: streaming and context parallelism
+    # A sequence cut into segments is computed exactly segment by segment from the states entering each
+    # segment from both sides (``hydra_ssm.ops.boundary``). A segment needs ``halo`` rows of input on each
+    # side: the conv's half-width, plus the one row whose C its first (last) output reads.
+
+    @property
+    def halo(self) -> int:
+        """Rows of context a segment needs on each side of it."""
+        return self.d_conv // 2 + 1
+
+    def segment(self, u_window: torch.Tensor, left: int, right: int) -> Segment:
+        """The value stream of ``u_window[:, left : L - right]``, given ``left`` and ``right`` rows of context.
+
+        Each of ``left``, ``right`` is ``halo``, or fewer only where the window reaches the sequence's
+        start (end): the conv's zero padding is then the sequence's own.
+        """
+        stream = self._value_stream(u_window, None)
+        n = u_window.shape[1] - left - right
+        inner = ValueStream(*(t[:, left:left + n] for t in stream))
+
+        def row(t, i, present):  # (B, G, N): row i of t, or zeros where the sequence ends
+            return t[:, i] if present else t.new_zeros(t.shape[0], *t.shape[2:])
+
+        return Segment(inner, row(stream.C_fwd, left - 1, left > 0), row(stream.C_bwd, left + n, right > 0))
+
+    def segment_summary(self, seg: Segment) -> SegmentSummary:
+        """What the segment hands on to its neighbours in each direction (from zero entering states)."""
+        s = seg.stream
+        return segment_summary(s.x, s.dt_fwd, s.dt_bwd, self._A(), s.B_fwd, s.B_bwd)
+
+    def initial_entering(self) -> tuple:
+        """(forward, backward) states entering the whole sequence: the learned initial states, or zeros (None)."""
+        init = self.init_states if self.learnable_init_states else None
+        return init, init
+
+    def segment_output(self, seg: Segment, entering: EnteringStates) -> torch.Tensor:
+        """The layer's output (B, n, d_model) at the segment's positions, given the states entering it."""
+        s = seg.stream
+        A = self._A()
+        y = scan_for(self.scan_impl)(s.x, s.dt_fwd, s.dt_bwd, A, s.B_fwd, s.C_fwd, s.B_bwd, s.C_bwd,
+                                     D=self._diag(s.x), chunk_size=self.chunk_size)
+        if entering.fwd is not None or entering.bwd is not None:
+            # output i reads C_fwd[i-1] and C_bwd[i+1]: across the cuts at the segment's two edges
+            C_fwd_read = torch.cat([seg.C_fwd_before.unsqueeze(1), s.C_fwd[:, :-1]], 1)
+            C_bwd_read = torch.cat([s.C_bwd[:, 1:], seg.C_bwd_after.unsqueeze(1)], 1)
+            y = y + entering_state_readout(s.dt_fwd, s.dt_bwd, A, C_fwd_read, C_bwd_read,
+                                           entering.fwd, entering.bwd).to(y.dtype)
+        return self._output(y, s.z)
+
+    @torch.no_grad()
+    def stream(self, u: torch.Tensor, segment_len: int, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward(u)`` computed ``segment_len`` positions at a time, for sequences too long to hold.
+
+        Two passes over u: the first computes every segment's summary (the states it hands on), which
+        give the exact states entering each segment from both sides; the second computes each segment's
+        outputs from them. Working memory is that of one segment plus two (B, H, P, N) states per
+        segment, whatever L is. u may live elsewhere than the layer (a memory-mapped CPU tensor for a
+        GPU layer, say): segments are moved to the layer's device one at a time, and outputs are
+        written into ``out`` (B, L, d_model) when given (a memory-mapped tensor, say), else into a new
+        tensor on u's device. Inference only (no autograd); no attention mask (whole sequences).
+        """
+        check_positive_ints(segment_len=segment_len)
+        check_sequence_input(u, self.d_model, check_finite=False)
+        weight = self.in_proj.weight
+        if u.dtype != weight.dtype:
+            raise ValueError(f"u has dtype {u.dtype} but the layer's parameters are {weight.dtype}")
+        batch, length, _ = u.shape
+        if out is None:
+            out = u.new_empty(batch, length, self.d_model)
+        elif not isinstance(out, torch.Tensor) or out.shape != u.shape or out.dtype != u.dtype:
+            raise ValueError(f"out must be a tensor of u's shape {tuple(u.shape)} and dtype {u.dtype}, got "
+                             f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
+        starts = range(0, length, segment_len)
+
+        def segment_at(start):
+            stop = min(start + segment_len, length)
+            lo, hi = max(0, start - self.halo), min(length, stop + self.halo)
+            window = u[:, lo:hi].to(weight.device)
+            if not bool(torch.isfinite(window).all()):
+                raise ValueError(f"u contains NaN or infinite values (positions {lo} to {hi - 1})")
+            return self.segment(window, start - lo, hi - stop)
+
+        entering = entering_states([self.segment_summary(segment_at(start)) for start in starts],
+                                   self.initial_entering())
+        for start, ent in zip(starts, entering):
+            out[:, start:start + segment_len] = self.segment_output(segment_at(start), ent).to(out.device)
         return out
 
     def materialize(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -41,7 +41,7 @@ def check_tensor(t, name: str, device: torch.device | None = None) -> None:
 
 
 def check_ssm_args(x, dt, A, B, C, *, suffix: str = "") -> tuple[int, int, int, int, int, int]:
-    """Check x (B,L,H,P), dt (B,L,H), A (H,), B and C (B,L,G,N): types, devices and shapes.
+    """Check x (B,L,H,P), dt (B,L,H), A (H,), B and C (B,L,G,N): types, devices and shapes (C None: B only).
 
     ``suffix`` is appended to the names of dt, B and C in messages ("_fwd" -> "dt_fwd").
     Returns (batch, seqlen, nheads, headdim, ngroups, dstate).
@@ -49,7 +49,8 @@ def check_ssm_args(x, dt, A, B, C, *, suffix: str = "") -> tuple[int, int, int, 
     dt_name, b_name, c_name = "dt" + suffix, "B" + suffix, "C" + suffix
     check_tensor(x, "x")
     for name, t in ((dt_name, dt), ("A", A), (b_name, B), (c_name, C)):
-        check_tensor(t, name, x.device)
+        if t is not None or name != c_name:
+            check_tensor(t, name, x.device)
     if x.dim() != 4:
         raise ValueError(f"x must have shape (batch, seqlen, nheads, headdim), got {tuple(x.shape)}")
     b, l, h, p = x.shape
@@ -61,7 +62,7 @@ def check_ssm_args(x, dt, A, B, C, *, suffix: str = "") -> tuple[int, int, int, 
         raise ValueError(f"{b_name} must have shape (batch, seqlen, ngroups, dstate) with batch, seqlen = {(b, l)}, "
                          f"got {tuple(B.shape)}")
     g, n = B.shape[2], B.shape[3]
-    if C.shape != B.shape:
+    if C is not None and C.shape != B.shape:
         raise ValueError(f"{c_name} must have the shape of {b_name} {tuple(B.shape)}, got {tuple(C.shape)}")
     if g == 0 or h % g != 0:
         raise ValueError(f"nheads ({h}) must be divisible by ngroups ({g}) of {b_name}/{c_name}")
