@@ -18,6 +18,12 @@ Vandermonde (tiled)         :func:`vandermonde_mix`,               :func:`vander
 Cauchy (tiled)              :func:`cauchy_mix`                     :func:`cauchy_ref`, :func:`cauchy_matrix`
 ==========================  =====================================  ==========================
 
+Hydra over a sequence cut into segments (streaming, context parallelism):
+:func:`segment_summary` (what a segment hands on in each direction),
+:func:`entering_states` (the summaries composed in order) and
+:func:`entering_state_readout` (what the entering states add to a segment's
+outputs), in ``boundary.py``; tested against the whole sequence's reference.
+
 Arguments of the scans (causal SSD and Hydra, fast paths and references alike),
 checked before any computation (details in ``_shapes``):
 
@@ -47,6 +53,7 @@ from .toeplitz import toeplitz_fft, toeplitz_matrix, toeplitz_ref
 from .low_rank import low_rank_matrix, low_rank_mix, low_rank_ref
 from .vandermonde import dft_cos_matrix, dft_cos_mix, dft_cos_ref, vandermonde_matrix, vandermonde_mix, vandermonde_ref
 from .cauchy import cauchy_matrix, cauchy_mix, cauchy_ref
+from .boundary import EnteringStates, SegmentSummary, entering_state_readout, entering_states, segment_summary
 
 __all__ = [
     "semiseparable_matrix",
@@ -63,4 +70,5 @@ __all__ = [
     "vandermonde_mix", "vandermonde_ref", "vandermonde_matrix",
     "dft_cos_mix", "dft_cos_ref", "dft_cos_matrix",
     "cauchy_mix", "cauchy_ref", "cauchy_matrix",
+    "SegmentSummary", "EnteringStates", "segment_summary", "entering_states", "entering_state_readout",
 ]
