@@ -33,7 +33,7 @@ def _fail(msg: str, code: int = 2) -> int:
 
 # the options of `train` that `evaluate` reads; the others (model, optimisation, ...) come from the saved run
 EVALUATE_OPTIONS = ("validation_file", "text_column", "text_pair_column", "label_column", "mask_prob", "batch_size",
-                    "eval_batches", "device", "threads", "bf16")
+                    "eval_batches", "device", "threads", "bf16", "packing")
 
 
 def _add_train_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
