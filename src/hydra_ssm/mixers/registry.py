@@ -9,7 +9,9 @@ Every mixer is one ``nn.Module`` class registered under a name::
         def __init__(self, d_model, **kwargs): ...
         def forward(self, u, attention_mask=None): ...
 
-and is then built by name with :func:`build_mixer`. Nothing in the library
+and is then built by name with :func:`build_mixer`. Packed batches (one row and its
+``cu_seqlens``) reach a mixer through :meth:`SequenceMixer.forward_packed`, which
+works for every mixer that honours ``attention_mask``; a mixer may override it. Nothing in the library
 branches on mixer names: what the models and the training code need to know
 about a mixer are class attributes of :class:`SequenceMixer`, which a new
 mixer sets (or leaves at their defaults).
