@@ -20,6 +20,8 @@ at a time.
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 import torch.nn.functional as F
 
@@ -39,6 +41,12 @@ def _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, init
     sizes, states = check_hydra_args(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states)
     lengths = None if cu_seqlens is None else check_cu_seqlens(cu_seqlens, sizes[0], sizes[1])
     return sizes, states, lengths
+
+
+def _zero_at(positions: list[int], t):
+    """(L, 1, 1) of t's dtype: 1 along L but 0 at ``positions`` (t: (1, L, G, N))."""
+    keep = torch.ones(t.shape[1], dtype=t.dtype, device=t.device)
+    return keep.index_fill(0, torch.tensor(positions, dtype=torch.long, device=t.device), 0)[:, None, None]
 
 
 def _add_diag(y, x, D):
@@ -86,39 +94,33 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
     if lengths is None:
         lengths = [l]
     q = min(chunk_size, max(lengths))
-    # Output i reads C_f[i-1] (forward) and C_b[i+1] (backward), never across a sequence boundary.
-    C_fwd = F.pad(C_fwd.to(cdt), (0, 0, 0, 0, 1, 0))[:, :l]
-    C_bwd = F.pad(C_bwd.to(cdt), (0, 0, 0, 0, 0, 1))[:, 1:]
-    layout = None
-    values, step_sizes, projections = x.to(cdt), [dt_fwd.to(cdt), dt_bwd.to(cdt)], [B_fwd.to(cdt), C_fwd, B_bwd.to(cdt),
-                                                                                     C_bwd]
-    resets = None
+    x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd = (t.to(cdt) for t in (x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd))
+    # Output i reads C_f[i-1] (forward) and C_b[i+1] (backward).
+    C_fwd = F.pad(C_fwd, (0, 0, 0, 0, 1, 0))[:, :l]
+    C_bwd = F.pad(C_bwd, (0, 0, 0, 0, 0, 1))[:, 1:]
+    values, layout, resets = x, None, None
     if len(lengths) > 1:
-        starts = torch.tensor([0, *lengths[:-1]], device=x.device).cumsum(0)
-        ends = starts + torch.tensor(lengths, device=x.device) - 1
-        nonempty = torch.tensor(lengths, device=x.device) > 0
-        keep_f = torch.ones(l, dtype=cdt, device=x.device).index_fill(0, starts[nonempty], 0)
-        keep_b = torch.ones(l, dtype=cdt, device=x.device).index_fill(0, ends[nonempty], 0)
-        projections[1] = projections[1] * keep_f[:, None, None]
-        projections[3] = projections[3] * keep_b[:, None, None]
+        # ... never across a boundary: a sequence's first output reads no C_f, its last one no C_b
+        offsets = list(accumulate(lengths, initial=0))
+        C_fwd = C_fwd * _zero_at([offsets[i] for i, n in enumerate(lengths) if n], C_fwd)
+        C_bwd = C_bwd * _zero_at([offsets[i + 1] - 1 for i, n in enumerate(lengths) if n], C_bwd)
         layout = PackedLayout(lengths, q, 0, x.device)
-        values = layout.scatter(values)
-        step_sizes = [layout.scatter(t) for t in step_sizes]
-        projections = [layout.scatter(t) for t in projections]
-        # forward: each sequence's first chunk; backward: its last chunk
+        values, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd = (
+            layout.scatter(t) for t in (x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd))
+        # the carry restarts at each sequence's first chunk (forward) and last chunk (backward)
         resets = [{s // q for s in layout.starts}, {(s + n - 1) // q for s, n in zip(layout.starts, layout.lengths)}]
 
-    dts = [to_chunks(dt.unsqueeze(-1), q).squeeze(-1) for dt in step_sizes]  # (c, b, H, Q)
+    dts = [to_chunks(dt.unsqueeze(-1), q).squeeze(-1) for dt in (dt_fwd, dt_bwd)]  # (c, b, H, Q)
     decays = log_decays(dts, A, [FORWARD, BACKWARD], cdt)
     dirs = []
-    for dtc, dec, B, C, s0 in zip(dts, decays, projections[0::2], projections[1::2], (s_fwd, s_bwd)):
+    for dtc, dec, B, C, s0 in zip(dts, decays, (B_fwd, B_bwd), (C_fwd, C_bwd), (s_fwd, s_bwd)):
         init = None if s0 is None else s0.to(cdt).transpose(-1, -2).contiguous()
         dirs.append(DirectionTensors(C=to_chunks(C, q), B=to_chunks(B, q), dt=dtc, r=dec.r, k=dec.k, T=dec.T,
                                      init=init))
     y, _ = chunk_scan([FORWARD, BACKWARD], values, q, dirs, resets)
     if layout is not None:
         y = layout.gather(y)
-    return _add_diag(y, x.to(cdt), None if D is None else D.to(cdt)).to(out_dtype)
+    return _add_diag(y, x, None if D is None else D.to(cdt)).to(out_dtype)
 
 
 def _shift(y):
