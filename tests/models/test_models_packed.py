@@ -206,3 +206,20 @@ def test_trainer_runs_on_flattened_batches(tmp_path):
     out = trainer.train()
     assert out.global_step == 2 and torch.isfinite(torch.tensor(out.training_loss))
     assert not torch.equal(model.classifier.weight.detach(), before)
+
+
+def test_gradient_checkpointing_passes_the_offsets_to_every_block():
+    model = make(HydraForMaskedLM)
+    feats = examples(token_labels=True)
+    batch = DataCollatorWithFlattening()(feats)
+    model.train()  # checkpointing recomputes in training mode only; no dropout in the way:
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    plain = model(**batch).logits
+    model.gradient_checkpointing_enable()
+    again = model(**batch)
+    again.logits.sum().backward()
+    torch.testing.assert_close(again.logits, plain, rtol=1e-12, atol=1e-12)
+    alone = torch.cat([model(input_ids=torch.tensor([f["input_ids"]])).logits for f in feats], dim=1)
+    torch.testing.assert_close(again.logits, alone, rtol=1e-10, atol=1e-10)
