@@ -78,9 +78,15 @@ def packed_offsets(shape: tuple, position_ids=None, cu_seq_lens_q=None, cu_seq_l
     1, 1, 1, 2, ...); ``max_length_q`` / ``max_length_k``, the longest sequence. Every one given
     must describe the same sequences (ValueError naming it otherwise). position_ids alone that
     never restart are ordinary positions, not a packed batch. Sequences may not be empty.
-    Reads the values (a host synchronisation); skipped while tracing (a packed batch is data).
+    Reads the values (a host synchronisation); a packed batch cannot be traced (its lengths are
+    data): while tracing, position_ids are positions and the other arguments an error.
     """
     batch, total = shape
+    if tracing():
+        if any(t is not None for t in (cu_seq_lens_q, cu_seq_lens_k, seq_idx)):
+            raise ValueError("a packed batch (cu_seq_lens_q / cu_seq_lens_k / seq_idx) cannot be traced "
+                             "(torch.compile, torch.export, ONNX): its lengths are data; trace a padded batch")
+        return None  # position_ids are positions
     found = {}
     for name, offsets in (("cu_seq_lens_q", cu_seq_lens_q), ("cu_seq_lens_k", cu_seq_lens_k)):
         if offsets is not None:
@@ -98,10 +104,10 @@ def packed_offsets(shape: tuple, position_ids=None, cu_seq_lens_q=None, cu_seq_l
             raise ValueError("seq_idx must number the packed sequences 0, 0, ..., 1, 1, ...: start at 0 and grow by "
                              "0 or 1 from token to token")
         found["seq_idx"] = _offsets_from_starts(torch.nonzero(torch.cat([ids.new_ones(1), steps])).flatten(), total)
-    if position_ids is not None and batch == 1 and not tracing():
+    if position_ids is not None and batch == 1:
         pos = position_ids.reshape(-1).long()
-        starts = torch.nonzero(pos == 0).flatten()
-        if found or (len(starts) > 1 or (len(starts) == 1 and int(starts[0]) != 0)):
+        if found or bool((pos[1:] == 0).any()):  # a restart after the first token: a packed row
+            starts = torch.nonzero(pos == 0).flatten()
             index = torch.arange(total, device=pos.device)
             begin = torch.where(pos == 0, index, 0).cummax(0).values  # the latest sequence start at or before i
             if not bool((pos == index - begin).all()):
