@@ -3,7 +3,7 @@
     hydra-ssm train       pretrain / fine-tune (default: Hydra vs attention MLM on the interpreter's own text)
     hydra-ssm compare     the same for a list of mixers and tasks
     hydra-ssm evaluate    evaluate a saved model on its task's validation data
-    hydra-ssm bench | bench-mixers | plot   benchmark and plotting scripts
+    hydra-ssm bench | bench-mixers | bench-packing | plot   benchmark and plotting scripts
 
 Bad options and bad data stop with one line on stderr (exit status 2) before
 any training starts.
@@ -22,6 +22,8 @@ PROG = "hydra-ssm"
 PASSTHROUGH = {
     "bench": ("hydra_ssm.bench.hydra", "benchmark the Hydra layer (hydra_ssm.bench.hydra)"),
     "bench-mixers": ("hydra_ssm.bench.mixers", "benchmark the matrix-mixer family (hydra_ssm.bench.mixers)"),
+    "bench-packing": ("hydra_ssm.bench.packing", "packed (cu_seqlens) against padded batches of skewed lengths "
+                                                 "(hydra_ssm.bench.packing)"),
     "plot": ("hydra_ssm.plot", "plots from benchmark/training outputs (hydra_ssm.plot)"),
 }
 
@@ -33,7 +35,7 @@ def _fail(msg: str, code: int = 2) -> int:
 
 # the options of `train` that `evaluate` reads; the others (model, optimisation, ...) come from the saved run
 EVALUATE_OPTIONS = ("validation_file", "text_column", "text_pair_column", "label_column", "mask_prob", "batch_size",
-                    "eval_batches", "device", "threads", "bf16")
+                    "eval_batches", "device", "threads", "bf16", "packing")
 
 
 def _add_train_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:

@@ -14,10 +14,11 @@ from .._checks import (check_bool, check_choice, check_float_dtype, check_number
                        check_sequence_input, exporting, tracing)
 from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_minimal, quasiseparable_two_pass
 from ..ops.boundary import EnteringStates, SegmentSummary, entering_state_readout, entering_states, segment_summary
+from ..ops._layout import PackedLayout
 from .common import (check_layer_sizes, check_padded_input, decay_rate, dt_bias, in_proj_and_conv, token_diagonal,
                      work_dtype)
 from .norm import GatedRMSNorm
-from .registry import SequenceMixer, register_mixer
+from .registry import SequenceMixer, check_packed_row, register_mixer
 
 SCAN_IMPLS = {"fused": quasiseparable_chunked, "two_pass": quasiseparable_two_pass, "minimal": quasiseparable_minimal}
 
@@ -62,10 +63,14 @@ class Hydra(SequenceMixer):
     """Hydra layer, a drop-in for the reference module (same arguments, defaults
     and parameter names), running on any PyTorch device.
 
-    ``forward(u, attention_mask=None)``: u is (B, L, d_model); the optional mask
-    is (B, L), 1 for a valid token, padding on the left or right. Outputs at
-    valid positions equal those of each sequence run alone; padded positions
-    of the output are zero.
+    ``forward(u, attention_mask=None, cu_seqlens=None)``: u is (B, L, d_model); the
+    optional mask is (B, L), 1 for a valid token, padding on the left or right.
+    Outputs at valid positions equal those of each sequence run alone; padded
+    positions of the output are zero. Or a packed batch: u (1, total, d_model)
+    holding sequences back to back and ``cu_seqlens`` their int offsets (n + 1,),
+    as in flash-attention and mamba_ssm: each sequence is mixed as if it were
+    alone (neither the scans nor the convolution cross a boundary; learnable
+    initial states start every sequence), at the cost of its own tokens only.
 
     ``scan_impl`` chooses the quasiseparable algorithm: ``"fused"`` (default,
     one pass over the chunks for both directions), ``"two_pass"`` (the causal
@@ -167,15 +172,21 @@ class Hydra(SequenceMixer):
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
     # ------------------------------------------------------------------ pieces
-    def _value_stream(self, u: torch.Tensor, mask: torch.Tensor | None):
+    def _value_stream(self, u: torch.Tensor, mask: torch.Tensor | None, packed: PackedLayout | None = None):
         """in_proj, masked non-causal conv, activation, split; dt with padding zeroed.
 
+        ``packed``: for a packed row, the layout that spaces its sequences out by the conv's
+        half-width, so that the conv reads zeros, not the next sequence, across a boundary.
         Returns a :class:`ValueStream`.
         """
         z, xBC, dt = torch.split(self.in_proj(u), [self.d_inner, self.conv_dim, 2 * self.nheads], dim=-1)
         if mask is not None:
             xBC = xBC * mask[..., None].to(xBC.dtype)  # padding acts as the conv's zero padding
-        xBC = F.silu(self.conv1d(xBC.transpose(1, 2)).transpose(1, 2))
+        if packed is not None:
+            xBC = packed.gather(self.conv1d(packed.scatter(xBC).transpose(1, 2)).transpose(1, 2))
+        else:
+            xBC = self.conv1d(xBC.transpose(1, 2)).transpose(1, 2)
+        xBC = F.silu(xBC)
         x, B_f, C_f, B_b, C_b = torch.split(xBC, [self.d_inner] + [self.bc_dim] * 4, dim=-1)
         # both directions share dt_bias: (B, L, 2, H)
         cdt = work_dtype(dt.dtype)
@@ -203,18 +214,28 @@ class Hydra(SequenceMixer):
         return check_padded_input(u, self.d_model, attention_mask, self.in_proj.weight.dtype)
 
     # ---------------------------------------------------------------- forward
-    def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        if cu_seqlens is not None and attention_mask is not None:
+            raise ValueError("pass attention_mask (a padded batch) or cu_seqlens (a packed row), not both")
         mask = self._check(u, attention_mask)
+        packed = None
+        if cu_seqlens is not None:
+            packed = PackedLayout(check_packed_row(u, cu_seqlens), 1, self.d_conv // 2, u.device)
         if not tracing() and u.shape[0] == 0:  # no sequences: an empty output, still attached to out_proj for autograd
             return self.out_proj(u.new_zeros(0, u.shape[1], self.d_inner))
-        z, x, B_f, C_f, B_b, C_b, dt_f, dt_b = self._value_stream(u, mask)
+        z, x, B_f, C_f, B_b, C_b, dt_f, dt_b = self._value_stream(u, mask, packed)
         init = self.init_states if self.learnable_init_states else None
         y = scan_for(self.scan_impl)(x, dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x),
-                                       chunk_size=self.chunk_size, initial_states=init)
+                                       chunk_size=self.chunk_size, initial_states=init, cu_seqlens=cu_seqlens)
         out = self._output(y, z)
         if mask is not None:
             out = out * mask[..., None].to(out.dtype)
         return out
+
+    def forward_packed(self, u: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """A packed row (1, total, d_model) with its offsets: Hydra's own packed path (see :meth:`forward`)."""
+        return self(u, cu_seqlens=cu_seqlens)
 
     def _output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Gated norm and out_proj of the scan's output y (B, L, H, P) with the gate z: (B, L, d_model)."""

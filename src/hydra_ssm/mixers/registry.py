@@ -9,7 +9,9 @@ Every mixer is one ``nn.Module`` class registered under a name::
         def __init__(self, d_model, **kwargs): ...
         def forward(self, u, attention_mask=None): ...
 
-and is then built by name with :func:`build_mixer`. Nothing in the library
+and is then built by name with :func:`build_mixer`. Packed batches (one row and its
+``cu_seqlens``) reach a mixer through :meth:`SequenceMixer.forward_packed`, which
+works for every mixer that honours ``attention_mask``; a mixer may override it. Nothing in the library
 branches on mixer names: what the models and the training code need to know
 about a mixer are class attributes of :class:`SequenceMixer`, which a new
 mixer sets (or leaves at their defaults).
@@ -24,6 +26,8 @@ import torch
 from torch import nn
 
 from .._checks import check_options, did_you_mean
+from ..ops._layout import PackedLayout
+from ..ops._shapes import check_cu_seqlens
 
 _MIXERS: dict[str, type["SequenceMixer"]] = {}
 
@@ -67,6 +71,34 @@ class SequenceMixer(nn.Module):
     def materialize(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """The ``(B, H, L, L)`` matrix this mixer applies to its value stream for input ``u``."""
         raise NotImplementedError(f"{type(self).__name__} does not implement materialize()")
+
+    def forward_packed(self, u: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
+        """A packed batch: ``u`` (1, total, d_model) holds sequences back to back, sequence i at
+        positions ``cu_seqlens[i] .. cu_seqlens[i+1] - 1`` (int offsets (n + 1,), as in flash-attention).
+        Returns (1, total, d_model), each sequence mixed as if it were alone.
+
+        This default unpacks the row into a right-padded batch (n, longest, d_model) with an
+        attention mask, runs :meth:`forward`, and packs the valid outputs back: exact for every
+        mixer that honours ``attention_mask``, at the padded batch's cost. Mixers with a packed
+        path of their own (Hydra) override it.
+        """
+        lengths = check_packed_row(u, cu_seqlens)
+        longest = max(lengths, default=0)
+        if longest == 0:  # no token: nothing to mix
+            return self(u)
+        rows = PackedLayout(lengths, longest, 0, u.device)  # sequence i at row i of a (n, longest) grid
+        padded = rows.scatter(u).view(-1, longest, u.shape[-1])
+        mask = rows.scatter(torch.ones_like(u[..., 0], dtype=torch.bool)).view(-1, longest)
+        out = self(padded, attention_mask=None if bool(mask.all()) else mask)
+        return rows.gather(out.reshape(1, -1, out.shape[-1]))
+
+
+def check_packed_row(u, cu_seqlens) -> list[int]:
+    """The sequence lengths of a packed input ``u`` (1, total, d_model) from its offsets (checked)."""
+    if not isinstance(u, torch.Tensor) or u.dim() != 3:
+        got = tuple(u.shape) if isinstance(u, torch.Tensor) else type(u).__name__
+        raise ValueError(f"with cu_seqlens, u must be one packed row of shape (1, total, d_model), got {got}")
+    return check_cu_seqlens(cu_seqlens, u.shape[0], u.shape[1])
 
 
 def register_mixer(name: str) -> Callable[[T], T]:

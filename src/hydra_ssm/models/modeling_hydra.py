@@ -15,6 +15,13 @@ Padding: ``attention_mask`` (B, L), 1 = valid token, padding on the left or
 right. Mixers see the mask and ignore padded tokens; position ids count valid
 tokens only; pooling reads valid tokens only. So the outputs at valid positions
 do not depend on how much padding a batch carries.
+
+Packing: a batch flattened into one row, as ``transformers.DataCollatorWithFlattening``
+emits it: input_ids (1, total) with ``position_ids`` restarting at 0 at every
+sequence (and optionally ``cu_seq_lens_q``/``cu_seq_lens_k``, ``max_length_q``/
+``max_length_k``, ``seq_idx``). The sequence offsets are derived from them
+(:func:`packed_offsets`) and every mixer mixes each sequence alone; outputs
+equal those of each sequence run alone, and no compute is spent on padding.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from transformers.utils import logging
 
 from .._checks import check_index_range, check_index_tensor, check_mask, check_sequence_input, tracing
 from ..mixers import build_mixer
+from ..ops._shapes import check_cu_seqlens
 from .configuration_hydra import HydraConfig, HydraVisionConfig
 
 logger = logging.get_logger(__name__)
@@ -54,6 +62,71 @@ def _padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
     While a graph is traced (torch.export, ONNX) the mask is always kept: whether it
     is all ones is a property of the data, not of the graph."""
     return mask if mask is not None and (tracing() or not bool(mask.all())) else None
+
+
+def _offsets_from_starts(starts: torch.Tensor, total: int) -> list[int]:
+    return [*starts.tolist(), total]
+
+
+def packed_offsets(shape: tuple, position_ids=None, cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None,
+                   max_length_k=None, seq_idx=None) -> list[int] | None:
+    """The sequence offsets [0, ..., total] of a packed row (batch 1), or None for an ordinary batch.
+
+    Read from what ``transformers.DataCollatorWithFlattening`` emits: ``position_ids`` (1, total)
+    restarting at 0 at every sequence start and counting 0, 1, 2, ... inside it; ``cu_seq_lens_q`` /
+    ``cu_seq_lens_k`` (n + 1,) offsets; ``seq_idx`` (1, total), the sequence of every token (0, 0,
+    1, 1, 1, 2, ...); ``max_length_q`` / ``max_length_k``, the longest sequence. Every one given
+    must describe the same sequences (ValueError naming it otherwise). position_ids alone that
+    never restart are ordinary positions, not a packed batch. Sequences may not be empty.
+    Reads the values (a host synchronisation); a packed batch cannot be traced (its lengths are
+    data): while tracing, position_ids are positions and the other arguments an error.
+    """
+    batch, total = shape
+    if tracing():
+        if any(t is not None for t in (cu_seq_lens_q, cu_seq_lens_k, seq_idx)):
+            raise ValueError("a packed batch (cu_seq_lens_q / cu_seq_lens_k / seq_idx) cannot be traced "
+                             "(torch.compile, torch.export, ONNX): its lengths are data; trace a padded batch")
+        return None  # position_ids are positions
+    found = {}
+    for name, offsets in (("cu_seq_lens_q", cu_seq_lens_q), ("cu_seq_lens_k", cu_seq_lens_k)):
+        if offsets is not None:
+            try:
+                check_cu_seqlens(offsets, batch, total)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{name}: {err}") from None
+            found[name] = offsets.tolist()
+    if seq_idx is not None:
+        check_index_tensor("seq_idx", seq_idx.reshape(1, -1) if isinstance(seq_idx, torch.Tensor) and
+                           seq_idx.dim() == 1 else seq_idx, (1, total))
+        ids = seq_idx.reshape(-1).long()
+        steps = ids[1:] - ids[:-1]
+        if int(ids[0]) != 0 or not bool(((steps == 0) | (steps == 1)).all()):
+            raise ValueError("seq_idx must number the packed sequences 0, 0, ..., 1, 1, ...: start at 0 and grow by "
+                             "0 or 1 from token to token")
+        found["seq_idx"] = _offsets_from_starts(torch.nonzero(torch.cat([ids.new_ones(1), steps])).flatten(), total)
+    if position_ids is not None and batch == 1:
+        pos = position_ids.reshape(-1).long()
+        if found or bool((pos[1:] == 0).any()):  # a restart after the first token: a packed row
+            starts = torch.nonzero(pos == 0).flatten()
+            index = torch.arange(total, device=pos.device)
+            begin = torch.where(pos == 0, index, 0).cummax(0).values  # the latest sequence start at or before i
+            if not bool((pos == index - begin).all()):
+                raise ValueError("position_ids restart at 0 (a packed batch, as DataCollatorWithFlattening emits) "
+                                 "but do not count 0, 1, 2, ... inside every sequence from the first token on")
+            found["position_ids"] = _offsets_from_starts(starts, total)
+    if not found:
+        return None
+    (first_name, offsets), *others = found.items()
+    for name, other in others:
+        if other != offsets:
+            raise ValueError(f"{name} and {first_name} describe different packed sequences")
+    lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
+    if any(n == 0 for n in lengths):
+        raise ValueError(f"{first_name}: every packed sequence must have at least one token, got lengths {lengths}")
+    for name, value in (("max_length_q", max_length_q), ("max_length_k", max_length_k)):
+        if value is not None and int(value) != max(lengths):
+            raise ValueError(f"{name} is {int(value)} but the longest packed sequence has {max(lengths)} tokens")
+    return offsets
 
 
 IGNORE_INDEX = -100  # label of positions that take no part in a loss (CrossEntropyLoss's default)
@@ -189,19 +262,23 @@ class HydraBlock(nn.Module):
         else:
             self.mlp = None
 
-    def _mix(self, x, mask):
+    def _mix(self, x, mask, cu_seqlens):
+        if cu_seqlens is not None:  # a packed row: each sequence mixed alone
+            return self.mixer.forward_packed(x, cu_seqlens)
         if mask is not None:  # padded tokens enter every mixer as zeros
             x = x * mask[..., None].to(x.dtype)
         return self.mixer(x, attention_mask=mask)
 
-    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None,
+                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+        """``cu_seqlens``: the (n + 1,) offsets of a packed row (1, total, D), or None."""
         h = hidden_states
         if self.is_prenorm:
-            h = h + self._mix(self.norm(h), mask)
+            h = h + self._mix(self.norm(h), mask, cu_seqlens)
             if self.mlp is not None:
                 h = h + self.mlp(self.mlp_norm(h))
         else:
-            h = self.norm(h + self._mix(h, mask))
+            h = self.norm(h + self._mix(h, mask, cu_seqlens))
             if self.mlp is not None:
                 h = self.mlp_norm(h + self.mlp(h))
         return h
@@ -216,13 +293,13 @@ class HydraEncoder(nn.Module):
         self.norm_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.is_prenorm else None
         self.gradient_checkpointing = False  # switched by PreTrainedModel.gradient_checkpointing_enable()
 
-    def forward(self, hidden_states, mask=None, output_hidden_states=False):
+    def forward(self, hidden_states, mask=None, output_hidden_states=False, cu_seqlens=None):
         all_hidden = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states, mask)
+                hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states, mask, cu_seqlens)
             else:
-                hidden_states = layer(hidden_states, mask)
+                hidden_states = layer(hidden_states, mask, cu_seqlens)
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden_states,)
         if self.norm_f is not None:
@@ -273,8 +350,20 @@ class HydraPreTrainedModel(PreTrainedModel):
                 _init.normal_(module.position_embeddings, mean=0.0, std=std)
 
 
-def _pool(hidden_states: torch.Tensor, mask: torch.Tensor | None, mode: str) -> torch.Tensor:
-    """(B, L, D) -> (B, D): first valid token ("cls") or mean of valid tokens ("mean")."""
+def _pool(hidden_states: torch.Tensor, mask: torch.Tensor | None, mode: str,
+          cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, L, D) -> (B, D): first valid token ("cls") or mean of valid tokens ("mean").
+
+    A packed row (1, total, D) with its offsets ``cu_seqlens`` (n + 1,) of non-empty sequences
+    -> (n, D): the first token or the mean of each sequence."""
+    if cu_seqlens is not None:
+        row = hidden_states[0]
+        if mode == "cls":
+            return row[cu_seqlens[:-1].long()]
+        lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+        which = torch.repeat_interleave(torch.arange(len(lengths), device=row.device), lengths)
+        sums = row.new_zeros(len(lengths), row.shape[-1]).index_add_(0, which, row)
+        return sums / lengths[:, None].to(row.dtype)
     if mask is None:
         return hidden_states[:, 0] if mode == "cls" else hidden_states.mean(1)
     if mode == "cls":
@@ -293,8 +382,8 @@ class HydraPooler(nn.Module):
         self.dense = nn.Linear(config.hidden_size, config.hidden_size)
         self.activation = nn.Tanh()
 
-    def forward(self, hidden_states, mask=None):
-        return self.activation(self.dense(_pool(hidden_states, mask, self.mode)))
+    def forward(self, hidden_states, mask=None, cu_seqlens=None):
+        return self.activation(self.dense(_pool(hidden_states, mask, self.mode, cu_seqlens)))
 
 
 # ---------------------------------------------------------------------------- 5. text encoder
@@ -307,7 +396,16 @@ class HydraModel(HydraPreTrainedModel):
     types and positions inside their tables; ``attention_mask`` (B, L) of 0/1.
     ``token_type_ids`` without type embeddings (``type_vocab_size=0``) are
     accepted when all zero and refused otherwise; ``position_ids`` without
-    position embeddings are refused. B = 0 gives empty outputs; L = 0 is an error.
+    position embeddings are refused, except as the sequence starts of a packed row.
+    B = 0 gives empty outputs; L = 0 is an error.
+
+    Packed batches (``transformers.DataCollatorWithFlattening``): input_ids (1, total)
+    with position_ids restarting at 0 at each sequence, and/or ``cu_seq_lens_q`` /
+    ``cu_seq_lens_k`` offsets, ``max_length_q`` / ``max_length_k``, ``seq_idx``
+    (see :func:`packed_offsets`). Each sequence is mixed alone; the outputs equal
+    those of each sequence run alone. Position embeddings, if any, read the given
+    position_ids (counted from each sequence's start when only offsets are given);
+    the pooler pools each sequence, so ``pooler_output`` is (n, D).
     """
 
     def __init__(self, config: HydraConfig, add_pooling_layer: bool = True):
@@ -323,10 +421,11 @@ class HydraModel(HydraPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds):
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, packing):
         """ValueErrors naming the argument, before any computation; returns the attention mask as a bool
-        tensor on the inputs' device (or None). The range checks read the values (a host sync) and are
-        skipped while compiling or exporting.
+        tensor on the inputs' device (or None) and the offsets of a packed row (a list, or None; see
+        :func:`packed_offsets`, given the ``packing`` arguments). The range checks read the values (a
+        host sync) and are skipped while compiling or exporting.
 
         token_type_ids with ``type_vocab_size=0`` are accepted when all zero (what tokenizers
         send for a single segment, and the same as none) and refused otherwise."""
@@ -355,17 +454,25 @@ class HydraModel(HydraPreTrainedModel):
             else:
                 check_index_range("token_type_ids", token_type_ids, types.num_embeddings)
         if position_ids is not None:
-            positions = self.embeddings.position_embeddings
-            if positions is None:
-                raise ValueError("position_ids were given but the model has no position embeddings "
-                                 "(use_position_embeddings=False): the mixers order the tokens themselves")
             allowed = [(shape[1],), (1, shape[1]), shape]  # one row for the whole batch, or one per sequence
             if not isinstance(position_ids, torch.Tensor) or tuple(position_ids.shape) not in allowed:
                 got = tuple(position_ids.shape) if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
                 raise ValueError(f"position_ids must have shape {allowed[0]}, {allowed[1]} or {allowed[2]}, got {got}")
             check_index_tensor("position_ids", position_ids.reshape(-1, shape[1]))
-            check_index_range("position_ids", position_ids, positions.num_embeddings)
-        return mask
+        # a mask with padding: position_ids are positions (they repeat 0 on left padding), not sequence starts
+        padded = mask is not None and not tracing() and not bool(mask.all())
+        offsets = packed_offsets(shape, None if padded else position_ids, **packing)
+        if offsets is not None and padded:
+            raise ValueError("attention_mask marks padding but the batch is packed (cu_seq_lens_q / seq_idx): a "
+                             "packed row has no padding; pass no attention_mask (or all ones)")
+        if position_ids is not None:
+            positions = self.embeddings.position_embeddings
+            if positions is None and offsets is None:
+                raise ValueError("position_ids were given but the model has no position embeddings "
+                                 "(use_position_embeddings=False): the mixers order the tokens themselves")
+            if positions is not None:
+                check_index_range("position_ids", position_ids, positions.num_embeddings)
+        return mask, offsets
 
     def forward(
         self,
@@ -377,11 +484,29 @@ class HydraModel(HydraPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        cu_seq_lens_q: torch.Tensor | None = None,
+        cu_seq_lens_k: torch.Tensor | None = None,
+        max_length_q: int | None = None,
+        max_length_k: int | None = None,
+        seq_idx: torch.Tensor | None = None,
     ):
         """Returns ``BaseModelOutputWithPooling``: last_hidden_state (B, L, D), zero at padded
         positions; pooler_output (B, D) or None; hidden_states (embeddings + one per block) on request.
-        ``output_attentions`` is accepted for API compatibility; mixers return no attention maps."""
-        mask = _padding_mask(self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds))
+        ``output_attentions`` is accepted for API compatibility; mixers return no attention maps.
+        ``cu_seq_lens_q`` ... ``seq_idx``: a packed row's sequences, as DataCollatorWithFlattening
+        emits them (see the class notes); pooler_output is then (n, D)."""
+        packing = dict(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q,
+                       max_length_k=max_length_k, seq_idx=seq_idx)
+        mask, offsets = self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
+                                           packing)
+        mask = _padding_mask(mask)
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        cu_seqlens = None if offsets is None else torch.tensor(offsets, dtype=torch.int32, device=device)
+        if cu_seqlens is not None and self.embeddings.position_embeddings is None:
+            position_ids = None  # they only marked the sequence starts
+        elif cu_seqlens is not None and position_ids is None:  # positions counted from each sequence's start
+            starts = torch.repeat_interleave(cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1])
+            position_ids = (torch.arange(offsets[-1], device=device) - starts)[None]
         if token_type_ids is not None and self.embeddings.token_type_embeddings is None:
             token_type_ids = None  # all zeros (checked): the single segment, as without token types
         # any integer dtype (uint8, int16, ...) is accepted; embeddings take int64
@@ -392,10 +517,11 @@ class HydraModel(HydraPreTrainedModel):
 
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
                                  inputs_embeds=inputs_embeds, mask=mask)
-        hidden, all_hidden = self.encoder(hidden, mask, output_hidden_states=output_hidden_states)
+        hidden, all_hidden = self.encoder(hidden, mask, output_hidden_states=output_hidden_states,
+                                          cu_seqlens=cu_seqlens)
         if mask is not None:
             hidden = hidden * mask[..., None].to(hidden.dtype)
-        pooled = self.pooler(hidden, mask) if self.pooler is not None else None
+        pooled = self.pooler(hidden, mask, cu_seqlens) if self.pooler is not None else None
 
         out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden)
         return out if return_dict else out.to_tuple()
@@ -435,13 +561,17 @@ class HydraForMaskedLM(HydraPreTrainedModel):
         self.lm_head.decoder = new_embeddings
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, cu_seq_lens_q=None, cu_seq_lens_k=None,
+                max_length_q=None, max_length_k=None, seq_idx=None):
         """``labels`` (B, L): token ids at the positions to predict, -100 elsewhere. The loss is
-        the mean over the labelled positions; a batch without any is a loss of 0 (with a grad_fn)."""
+        the mean over the labelled positions; a batch without any is a loss of 0 (with a grad_fn).
+        ``cu_seq_lens_q`` ... ``seq_idx``: a packed row's sequences (see :class:`HydraModel`)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.hydra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                              position_ids=position_ids, inputs_embeds=inputs_embeds,
-                             output_hidden_states=output_hidden_states, return_dict=True)
+                             output_hidden_states=output_hidden_states, return_dict=True,
+                             cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q,
+                             max_length_k=max_length_k, seq_idx=seq_idx)
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
@@ -453,7 +583,9 @@ class HydraForMaskedLM(HydraPreTrainedModel):
 
 class HydraForSequenceClassification(HydraPreTrainedModel):
     """Pooled output -> dropout -> linear. One label: regression (MSE); integer labels:
-    single-label (cross-entropy); float labels of shape (B, num_labels): multi-label (BCE)."""
+    single-label (cross-entropy); float labels of shape (B, num_labels): multi-label (BCE).
+    A packed row of n sequences (see :class:`HydraModel`) pools and classifies each of them:
+    logits (n, num_labels), labels (n,) (or (n, num_labels)), one per sequence."""
 
     def __init__(self, config: HydraConfig):
         super().__init__(config)
@@ -465,11 +597,15 @@ class HydraForSequenceClassification(HydraPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, cu_seq_lens_q=None, cu_seq_lens_k=None,
+                max_length_q=None, max_length_k=None, seq_idx=None):
+        """``cu_seq_lens_q`` ... ``seq_idx``: a packed row's sequences (see :class:`HydraModel`)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.hydra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                              position_ids=position_ids, inputs_embeds=inputs_embeds,
-                             output_hidden_states=output_hidden_states, return_dict=True)
+                             output_hidden_states=output_hidden_states, return_dict=True,
+                             cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q,
+                             max_length_k=max_length_k, seq_idx=seq_idx)
         logits = self.classifier(self.dropout(outputs.pooler_output))
         loss = _classification_loss(self.config, logits, labels) if labels is not None else None
         out = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
@@ -490,11 +626,15 @@ class HydraForTokenClassification(HydraPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None):
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, cu_seq_lens_q=None, cu_seq_lens_k=None,
+                max_length_q=None, max_length_k=None, seq_idx=None):
+        """``cu_seq_lens_q`` ... ``seq_idx``: a packed row's sequences (see :class:`HydraModel`)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.hydra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                              position_ids=position_ids, inputs_embeds=inputs_embeds,
-                             output_hidden_states=output_hidden_states, return_dict=True)
+                             output_hidden_states=output_hidden_states, return_dict=True,
+                             cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q,
+                             max_length_k=max_length_k, seq_idx=seq_idx)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:

@@ -34,6 +34,9 @@ checked before any computation (details in ``_shapes``):
 * ``dt`` must be >= 0 (``ValueError``); dt = 0 skips a position, exactly,
   gradients included;
 * batch 0 or length 0 give an empty output of the right shape, with gradients;
+* the quasiseparable scans take packed batches: ``cu_seqlens`` (n + 1,) integer
+  offsets of n sequences back to back in one row (1, total, ...); each is mixed
+  as if it were alone (``quasiseparable_ref`` then loops over the sequences);
 * NaN and inf are not looked for: they propagate. The ops are pure functions and
   a check would cost a pass and a host synchronisation per call; the layers in
   ``hydra_ssm.mixers`` check what they are given.

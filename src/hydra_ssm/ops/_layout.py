@@ -34,3 +34,38 @@ def check_chunk_size(chunk_size) -> int:
     if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     return chunk_size
+
+
+class PackedLayout:
+    """Where the positions of a packed batch go in a spaced-out copy of it.
+
+    A packed batch holds sequences of ``lengths`` back to back (total = sum of
+    lengths). In the spaced-out layout every sequence starts at a multiple of
+    ``align`` and is followed by at least ``gap`` empty positions (then by more,
+    up to the next multiple of ``align``); empty sequences take no room.
+
+    Fields: ``index`` (total,) int64, the spaced-out position of each packed
+    one; ``length``, the spaced-out length; ``starts``, the spaced-out start of
+    every non-empty sequence, and ``lengths`` those sequences' lengths.
+    """
+
+    def __init__(self, lengths: list[int], align: int, gap: int, device=None):
+        starts, nonempty, pieces, at = [], [], [], 0
+        for n in lengths:
+            if n == 0:
+                continue
+            starts.append(at)
+            nonempty.append(n)
+            pieces.append(torch.arange(at, at + n, device=device))
+            at += num_chunks(n + gap, align) * align
+        self.starts, self.lengths, self.length = starts, nonempty, at
+        self.index = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long, device=device)
+
+    def scatter(self, t: torch.Tensor) -> torch.Tensor:
+        """(1, total, *rest) -> (1, length, *rest), zero on the empty positions (differentiable)."""
+        out = t.new_zeros(t.shape[0], self.length, *t.shape[2:])
+        return out.index_copy(1, self.index, t)
+
+    def gather(self, t: torch.Tensor) -> torch.Tensor:
+        """(1, length, *rest) -> (1, total, *rest): the inverse of :meth:`scatter` on the occupied positions."""
+        return t.index_select(1, self.index)

@@ -16,6 +16,11 @@ computation:
   exporting or tracing (the values are not known then);
 * empty inputs: batch 0 or length 0 give an empty output of the right shape, and
   gradients (zeros, of every input's shape);
+* packed batches (Hydra's ``cu_seqlens``, :func:`check_cu_seqlens`): a 1-D integer
+  tensor of offsets (n + 1,) starting at 0, non-decreasing (empty sequences are
+  allowed and give nothing), ending at the packed length; the inputs then have
+  batch 1. Reading the offsets is one host synchronisation; packed batches cannot
+  be traced (their lengths are data);
 * other values are not checked: NaN or inf in the inputs propagate to the output
   (and to the gradients). The ops are pure functions, and a finiteness check
   would cost a pass over every input and a host synchronisation; the layers
@@ -146,3 +151,33 @@ def check_hydra_args(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initia
     states = split_states(initial_states, b, h, p, n, x.device)
     check_step_sizes(dt_fwd=dt_fwd, dt_bwd=dt_bwd)
     return (b, l, h, p, g, n), states
+
+
+def check_cu_seqlens(cu_seqlens, batch: int, total: int) -> list[int]:
+    """The sequence lengths of a packed batch, from its offsets (checked).
+
+    ``cu_seqlens``: a 1-D integer tensor (n + 1,) on any device, as in flash-attention
+    and mamba_ssm: sequence i holds packed positions cu_seqlens[i] .. cu_seqlens[i+1] - 1.
+    It must start at 0, never decrease (an empty sequence is allowed) and end at
+    ``total``, the packed length of inputs of batch 1. Returns the n lengths.
+    """
+    if not isinstance(cu_seqlens, torch.Tensor):
+        raise ValueError(f"cu_seqlens must be a torch.Tensor of offsets, got {type(cu_seqlens).__name__}")
+    if cu_seqlens.is_floating_point() or cu_seqlens.is_complex() or cu_seqlens.dtype == torch.bool:
+        raise TypeError(f"cu_seqlens must be an integer tensor (int32 or int64 offsets), got {cu_seqlens.dtype}")
+    if cu_seqlens.dim() != 1 or cu_seqlens.numel() == 0:
+        raise ValueError(f"cu_seqlens must have shape (num_sequences + 1,), got {tuple(cu_seqlens.shape)}")
+    if batch != 1:
+        raise ValueError(f"with cu_seqlens the inputs must be one packed row, shape (1, total, ...), got batch {batch}")
+    if tracing():
+        raise ValueError("cu_seqlens cannot be traced (torch.compile, torch.export, ONNX): the sequence lengths are "
+                         "data; trace a padded batch with an attention mask instead")
+    offsets = cu_seqlens.tolist()
+    if offsets[0] != 0:
+        raise ValueError(f"cu_seqlens must start at 0, got {offsets[0]}")
+    lengths = [b - a for a, b in zip(offsets[:-1], offsets[1:])]
+    if any(n < 0 for n in lengths):
+        raise ValueError(f"cu_seqlens must be non-decreasing, got {offsets[:8]}{' ...' if len(offsets) > 8 else ''}")
+    if offsets[-1] != total:
+        raise ValueError(f"cu_seqlens must end at the packed length {total} (the inputs' seqlen), got {offsets[-1]}")
+    return lengths

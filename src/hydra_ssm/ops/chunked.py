@@ -31,6 +31,10 @@ Q x Q temporaries stay small, are reused, and memory stays O(L):
 
 1. chunk states S of every direction, slab by slab;
 2. the carries (a short loop over chunks, in place: S becomes the entering state);
+   the state entering a *reset* chunk is the initial state (or zero) instead: the
+   first chunk visited, and for a packed batch laid out with every sequence
+   starting on a chunk (``quasiseparable.py``) each sequence's first (forward) or
+   last (backward) chunk, so no state crosses a sequence boundary;
 3. outputs, slab by slab: the diagonal blocks of both directions summed into
    one matrix and applied with one matmul, plus C . (entering state). For
    Hydra the two strict triangles are disjoint, so the block is built as one
@@ -43,7 +47,7 @@ no saved intermediates beyond the inputs (memory stays O(L)):
 1-2. per direction (``_states_backward``): recompute the entering states; their
    gradient from the outputs, (exp(r_i) C_i)^T dy; the carry reversed (a loop over
    chunks in the other order), which turns it into the gradient of every chunk
-   state S and leaves the initial state's gradient; then, slab by slab, the
+   state S and leaves the initial state's gradient (summed over the reset chunks); then, slab by slab, the
    gradients of the across-chunk terms (C, r, T) and of the chunk states (B, dt,
    k, T), and dx's part through S;
 3. inside the chunks, slab by slab: dM = dy x^T, shared by both directions; the
@@ -280,11 +284,21 @@ def _chunk_states(x, B, dt, k, T, g):
     return S
 
 
-def _carry_in_place(S, T, init, lower: bool):
-    """Turn chunk states S into the state entering each chunk, in place; return the last state."""
+def _visit_order(nchunks: int, lower: bool) -> range:
+    """The chunks in the order a direction visits them."""
+    return range(nchunks) if lower else range(nchunks - 1, -1, -1)
+
+
+def _carry_in_place(S, T, init, lower: bool, resets: frozenset):
+    """Turn chunk states S into the state entering each chunk, in place; return the last state.
+
+    The state entering a chunk of ``resets`` is ``init`` (zero when None) instead of the carry."""
     decay = torch.exp(T).to(S.dtype)[..., None, None]  # (c, b, H, 1, 1)
-    state = torch.zeros_like(S[0]) if init is None else init
-    for ci in (range(S.shape[0]) if lower else range(S.shape[0] - 1, -1, -1)):
+    start = torch.zeros_like(S[0]) if init is None else init
+    state = start
+    for ci in _visit_order(S.shape[0], lower):
+        if ci in resets:
+            state = start
         leaving = torch.addcmul(S[ci], decay[ci], state)
         S[ci].copy_(state)
         state = leaving
@@ -293,7 +307,7 @@ def _carry_in_place(S, T, init, lower: bool):
 
 class _ChunkScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, dirs, chunk_size, x_seq, *flat):
+    def forward(ctx, dirs, chunk_size, resets, x_seq, *flat):
         # x_seq: (b, L, H, P); flat: the fields of every direction (see _flatten), init None where absent.
         # x is chunked here rather than by the caller so that only x_seq is saved.
         x = to_chunks(x_seq, chunk_size)
@@ -303,9 +317,9 @@ class _ChunkScan(torch.autograd.Function):
 
         # 1-2. every direction's chunk states, then the carries: S becomes the state entering each chunk
         entering, finals = [], []
-        for d, t in zip(dirs, tensors):
+        for d, t, reset in zip(dirs, tensors, resets):
             S = _chunk_states(x, t.B, t.dt, t.k, t.T, g)
-            finals.append(_carry_in_place(S, t.T, t.init, d.lower))
+            finals.append(_carry_in_place(S, t.T, t.init, d.lower, reset))
             entering.append(S)
 
         # 3. outputs, slab by slab: y = M x with M the diagonal blocks, plus exp(r_i) C_i . (entering state)
@@ -331,7 +345,7 @@ class _ChunkScan(torch.autograd.Function):
             for t, ent in zip(tensors, entering):
                 _bmm_into(y[sl], _per_head(t.C[sl], torch.exp(t.r[sl]).to(x.dtype)), ent[sl], True)
 
-        ctx.dirs, ctx.chunk_size = dirs, chunk_size
+        ctx.dirs, ctx.chunk_size, ctx.resets = dirs, chunk_size, resets
         ctx.has_init = [t.init is not None for t in tensors]
         ctx.save_for_backward(x_seq, *[t if t is not None else x.new_empty(0) for t in flat])
         return (from_chunks(y, x_seq.shape[1]), *finals)
@@ -350,8 +364,8 @@ class _ChunkScan(torch.autograd.Function):
 
         # 1-2 reversed, one direction at a time: the across-chunk terms (entering states, carries,
         # chunk states), which also write dx's part through the chunk states
-        grads = [_states_backward(d, t, dfinal, x, dy, dx, g, accumulate=n > 0)
-                 for n, (d, t, dfinal) in enumerate(zip(dirs, tensors, dfinals))]
+        grads = [_states_backward(d, t, reset, dfinal, x, dy, dx, g, accumulate=n > 0)
+                 for n, (d, t, reset, dfinal) in enumerate(zip(dirs, tensors, ctx.resets, dfinals))]
 
         # 3 reversed, inside the chunks, slab by slab: both directions share dM = dy x^T and dx += M^T dy
         bidirectional = _is_bidirectional(dirs)
@@ -391,7 +405,7 @@ class _ChunkScan(torch.autograd.Function):
             grad.B[sl] += dCB.transpose(-1, -2) @ Cs
             _bmm_into(dx[sl], M.transpose(-1, -2), dys, True)  # dx += M^T dy
 
-        return (None, None, from_chunks(dx, x_seq.shape[1]), *_flatten(grads))
+        return (None, None, None, from_chunks(dx, x_seq.shape[1]), *_flatten(grads))
 
 
 def _bidirectional_block_backward(M, dM, X, W, sl, tensors, grads, below, g):
@@ -434,7 +448,7 @@ def _bidirectional_block_backward(M, dM, X, W, sl, tensors, grads, below, g):
         grad.B[sl] += dcb_part.transpose(-1, -2) @ t.C[sl]
 
 
-def _states_backward(d, t: DirectionTensors, dfinal, x, dy, dx, g, accumulate) -> DirectionTensors:
+def _states_backward(d, t: DirectionTensors, resets: frozenset, dfinal, x, dy, dx, g, accumulate) -> DirectionTensors:
     """Gradients of one direction's across-chunk terms; writes (or adds) its part of dx.
 
     Returns the gradients of t's fields (the intra-chunk terms are added later).
@@ -443,23 +457,29 @@ def _states_backward(d, t: DirectionTensors, dfinal, x, dy, dx, g, accumulate) -
     c, b, h, q, p = x.shape
     # recompute the states entering each chunk (forward steps 1-2)
     ent = _chunk_states(x, t.B, t.dt, t.k, t.T, g)
-    _carry_in_place(ent, t.T, t.init, d.lower)
+    _carry_in_place(ent, t.T, t.init, d.lower, resets)
     # gradient w.r.t. the entering states from the outputs: (C_i exp(r_i))^T dy
     dS = torch.empty_like(ent)
     slabs = list(_slabs(c, b * h * q * max(p, t.C.shape[-1])))
     for sl in slabs:
         _bmm_into(dS[sl], _per_head(t.C[sl], torch.exp(t.r[sl]).to(x.dtype)).transpose(-1, -2), dy[sl], False)
     # reverse of the carry, in place: dS becomes the gradient w.r.t. each chunk's state S;
-    # what is left after the first chunk visited is the initial state's gradient
+    # the carry stops at every reset chunk, whose entering state is the initial one: what
+    # reaches it there is added to the initial state's gradient (the first chunk visited is one)
     decay = torch.exp(t.T).to(x.dtype)[..., None, None]
     state_grad = torch.zeros_like(ent[0]) if dfinal is None else dfinal
-    for ci in (range(c - 1, -1, -1) if d.lower else range(c)):
+    init_grad = torch.zeros_like(ent[0])
+    for ci in reversed(_visit_order(c, d.lower)):
         to_prev = torch.addcmul(dS[ci], decay[ci], state_grad)
         dS[ci].copy_(state_grad)
-        state_grad = to_prev
+        if ci in resets:
+            init_grad += to_prev
+            state_grad = torch.zeros_like(to_prev)
+        else:
+            state_grad = to_prev
     grad = DirectionTensors(C=torch.zeros_like(t.C), B=torch.zeros_like(t.B), dt=torch.zeros_like(t.dt),
                             r=torch.zeros_like(t.r), k=torch.zeros_like(t.k), T=torch.zeros_like(t.T),
-                            init=None if t.init is None else state_grad)
+                            init=None if t.init is None else init_grad)
     for sl in slabs:
         Cs, Bs, dts, rs, ks, Ts = t.C[sl], t.B[sl], t.dt[sl], t.r[sl], t.k[sl], t.T[sl]
         ents, dSs, xs, dys = ent[sl], dS[sl], x[sl], dy[sl]
@@ -484,14 +504,21 @@ def _states_backward(d, t: DirectionTensors, dfinal, x, dy, dx, g, accumulate) -
     return grad
 
 
-def chunk_scan(dirs, x, chunk_size, tensors: list[DirectionTensors]):
+def chunk_scan(dirs, x, chunk_size, tensors: list[DirectionTensors], resets=None):
     """Run the chunked scan on x (b, L, H, P) with chunks of ``chunk_size``.
 
     ``tensors``: one :class:`DirectionTensors` per direction, in the chunk-major
-    layout. Returns (y (b, L, H, P), [final state per direction]) with states in
-    (b, H, N, P).
+    layout. ``resets``: per direction, the chunks whose entering state is the
+    initial state (or zero) instead of the carry from the chunk visited before:
+    the starts of the sequences of a packed batch laid out so that no chunk holds
+    two of them. None: the first chunk visited only (one sequence). Returns
+    (y (b, L, H, P), [final state per direction]) with states in (b, H, N, P).
     """
     if len(dirs) != 1 and not _is_bidirectional(dirs):
         raise ValueError(f"chunk_scan runs one direction or a strict (lower, upper) pair, got {dirs}")
-    y, *finals = _ChunkScan.apply(tuple(dirs), chunk_size, x, *_flatten(tensors))
+    nchunks = -(-x.shape[1] // chunk_size)
+    if resets is None:
+        resets = [{_visit_order(nchunks, d.lower)[0]} if nchunks else set() for d in dirs]
+    resets = tuple(frozenset(r) for r in resets)
+    y, *finals = _ChunkScan.apply(tuple(dirs), chunk_size, resets, x, *_flatten(tensors))
     return y, finals

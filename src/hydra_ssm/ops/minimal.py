@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ._shapes import compute_dtype, expand_groups
 from .quasiseparable import _check
-from .reference import quasiseparable_ref
+from .reference import per_sequence, quasiseparable_ref
 
 
 def exclusive_cumsum(log_a: torch.Tensor, reverse: bool = False) -> torch.Tensor:
@@ -67,7 +67,7 @@ def segment_sums(log_a: torch.Tensor) -> torch.Tensor:
 
 
 def quasiseparable_minimal(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size: int = 64,
-                           initial_states=None):
+                           initial_states=None, cu_seqlens=None):
     """Hydra's mixer with no loops: same arguments and result as :func:`quasiseparable_chunked`.
 
     Args:
@@ -80,13 +80,19 @@ def quasiseparable_minimal(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
         initial_states: None, a (B, H, P, N) / (H, P, N) state used by both
             directions, or a (forward, backward) pair. The forward state enters
             before position 0, the backward one after position L-1.
+        cu_seqlens: None, or the (n + 1,) offsets of a packed batch (B = 1): the
+            sequences are then run one at a time (a loop over data-dependent
+            lengths, so a packed batch cannot be exported; export pads instead).
 
     Returns y (B, L, H, P) in x's dtype, computed in float32 (float64 if any
     input is float64). Memory is O(B H L Q) for the blocks plus O(B H (L/Q)^2)
     for the decays between chunks.
     """
-    (batch, seqlen, nheads, headdim, _, dstate), (state0_fwd, state0_bwd) = _check(
-        x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, initial_states)
+    (batch, seqlen, nheads, headdim, _, dstate), (state0_fwd, state0_bwd), lengths = _check(
+        x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, initial_states, cu_seqlens)
+    if lengths is not None:
+        return per_sequence(quasiseparable_minimal, lengths, x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D,
+                            initial_states, chunk_size=chunk_size)
     if any(isinstance(size, int) and size == 0 for size in (batch, seqlen)):
         # Nothing to scan: the reference gives the empty output. (A dynamic size while tracing is no
         # plain int: the graph keeps no branch on it.)

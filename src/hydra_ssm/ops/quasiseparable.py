@@ -9,25 +9,44 @@ one position later (row 0 gets zero). The explicit matrix is
 ``reference.quasiseparable_matrix``. Arguments are checked as described in
 ``_shapes`` (shapes, floating dtypes, devices, dt >= 0); batch 0 or length 0
 gives an empty output.
+
+Packed batches (``cu_seqlens``, offsets (n + 1,) as in flash-attention): the
+inputs are one row (1, total, ...) holding n sequences back to back, and every
+sequence is mixed as if it were alone: neither direction, nor the readout shift,
+crosses a boundary; initial states enter every sequence. The fused path runs them
+in one scan (see :func:`quasiseparable_chunked`), the two-pass path one sequence
+at a time.
 """
 
 from __future__ import annotations
 
+from itertools import accumulate
+
+import torch
 import torch.nn.functional as F
 
-from ._layout import check_chunk_size, to_chunks
-from ._shapes import check_hydra_args, compute_dtype
+from ._layout import PackedLayout, check_chunk_size, to_chunks
+from ._shapes import check_cu_seqlens, check_hydra_args, compute_dtype
 from .chunked import Direction, DirectionTensors, chunk_scan, log_decays
-from .reference import quasiseparable_ref
+from .reference import per_sequence, quasiseparable_ref
 from .semiseparable import semiseparable_chunked
 
 FORWARD = Direction(lower=True, strict=True)
 BACKWARD = Direction(lower=False, strict=True)
 
 
-def _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, initial_states):
+def _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, initial_states, cu_seqlens=None):
+    """All the arguments; returns (sizes, states, sequence lengths or None) (see ``check_hydra_args``)."""
     check_chunk_size(chunk_size)
-    return check_hydra_args(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states)
+    sizes, states = check_hydra_args(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states)
+    lengths = None if cu_seqlens is None else check_cu_seqlens(cu_seqlens, sizes[0], sizes[1])
+    return sizes, states, lengths
+
+
+def _zero_at(positions: list[int], t):
+    """(L, 1, 1) of t's dtype: 1 along L but 0 at ``positions`` (t: (1, L, G, N))."""
+    keep = torch.ones(t.shape[1], dtype=t.dtype, device=t.device)
+    return keep.index_fill(0, torch.tensor(positions, dtype=torch.long, device=t.device), 0)[:, None, None]
 
 
 def _add_diag(y, x, D):
@@ -37,7 +56,7 @@ def _add_diag(y, x, D):
 
 
 def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size: int = 64,
-                           initial_states=None):
+                           initial_states=None, cu_seqlens=None):
     """Hydra's mixer in one pass over the chunks for both directions.
 
     Args:
@@ -50,33 +69,58 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
         chunk_size: positions per chunk; any L is accepted.
         initial_states: None, a (B, H, P, N) / (H, P, N) state used by both
             directions, or a (forward, backward) pair.
+        cu_seqlens: None, or the (n + 1,) integer offsets of n sequences packed
+            into one row (B = 1, L = total): each is mixed alone, and the initial
+            states enter every one of them.
 
     Each Q x Q diagonal block (both triangles) is built once and applied with
     one matmul; forward states are carried left to right and backward states
     right to left in the same call, without flipped copies.
     Computed in float32 (float64 if any input is float64); output in x's dtype.
     Batch 0 or length 0: an empty (B, L, H, P) output, through the reference.
+
+    A packed batch is scattered into a copy where every sequence starts at a
+    multiple of the chunk size (zeros after it, dt = 0: no input, no decay, nothing
+    read), so that no chunk holds two sequences; the carry between chunks then
+    restarts from the initial state at each sequence's first chunk (forward) and
+    last chunk (backward). The outputs are gathered back into the packed row.
     """
-    (b, l, h, p, g, n), (s_fwd, s_bwd) = _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size,
-                                                initial_states)
+    (b, l, h, p, g, n), (s_fwd, s_bwd), lengths = _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D,
+                                                         chunk_size, initial_states, cu_seqlens)
     if b == 0 or l == 0:  # nothing to scan; the reference gives the empty output and zero gradients
         return quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states)
     out_dtype = x.dtype
     cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, s_fwd, s_bwd)
-    q = min(chunk_size, l)
+    if lengths is None:
+        lengths = [l]
+    q = min(chunk_size, max(lengths))
+    x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd = (t.to(cdt) for t in (x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd))
     # Output i reads C_f[i-1] (forward) and C_b[i+1] (backward).
-    C_fwd = F.pad(C_fwd.to(cdt), (0, 0, 0, 0, 1, 0))[:, :l]
-    C_bwd = F.pad(C_bwd.to(cdt), (0, 0, 0, 0, 0, 1))[:, 1:]
+    C_fwd = F.pad(C_fwd, (0, 0, 0, 0, 1, 0))[:, :l]
+    C_bwd = F.pad(C_bwd, (0, 0, 0, 0, 0, 1))[:, 1:]
+    values, layout, resets = x, None, None
+    if len(lengths) > 1:
+        # ... never across a boundary: a sequence's first output reads no C_f, its last one no C_b
+        offsets = list(accumulate(lengths, initial=0))
+        C_fwd = C_fwd * _zero_at([offsets[i] for i, n in enumerate(lengths) if n], C_fwd)
+        C_bwd = C_bwd * _zero_at([offsets[i + 1] - 1 for i, n in enumerate(lengths) if n], C_bwd)
+        layout = PackedLayout(lengths, q, 0, x.device)
+        values, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd = (
+            layout.scatter(t) for t in (x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd))
+        # the carry restarts at each sequence's first chunk (forward) and last chunk (backward)
+        resets = [{s // q for s in layout.starts}, {(s + n - 1) // q for s, n in zip(layout.starts, layout.lengths)}]
 
-    dts = [to_chunks(dt.to(cdt).unsqueeze(-1), q).squeeze(-1) for dt in (dt_fwd, dt_bwd)]  # (c, b, H, Q)
+    dts = [to_chunks(dt.unsqueeze(-1), q).squeeze(-1) for dt in (dt_fwd, dt_bwd)]  # (c, b, H, Q)
     decays = log_decays(dts, A, [FORWARD, BACKWARD], cdt)
     dirs = []
     for dtc, dec, B, C, s0 in zip(dts, decays, (B_fwd, B_bwd), (C_fwd, C_bwd), (s_fwd, s_bwd)):
         init = None if s0 is None else s0.to(cdt).transpose(-1, -2).contiguous()
-        dirs.append(DirectionTensors(C=to_chunks(C.to(cdt), q), B=to_chunks(B.to(cdt), q), dt=dtc, r=dec.r, k=dec.k,
-                                     T=dec.T, init=init))
-    y, _ = chunk_scan([FORWARD, BACKWARD], x.to(cdt), q, dirs)
-    return _add_diag(y, x.to(cdt), None if D is None else D.to(cdt)).to(out_dtype)
+        dirs.append(DirectionTensors(C=to_chunks(C, q), B=to_chunks(B, q), dt=dtc, r=dec.r, k=dec.k, T=dec.T,
+                                     init=init))
+    y, _ = chunk_scan([FORWARD, BACKWARD], values, q, dirs, resets)
+    if layout is not None:
+        y = layout.gather(y)
+    return _add_diag(y, x, None if D is None else D.to(cdt)).to(out_dtype)
 
 
 def _shift(y):
@@ -85,10 +129,15 @@ def _shift(y):
 
 
 def quasiseparable_two_pass(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size: int = 64,
-                            initial_states=None):
+                            initial_states=None, cu_seqlens=None):
     """The same mixer as :func:`quasiseparable_chunked`, computed as two causal
-    scans: one on x, one on the flipped x (same arguments)."""
-    _, (s_fwd, s_bwd) = _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, initial_states)
+    scans: one on x, one on the flipped x (same arguments). A packed batch
+    (``cu_seqlens``) is run one sequence at a time."""
+    _, (s_fwd, s_bwd), lengths = _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size,
+                                        initial_states, cu_seqlens)
+    if lengths is not None:
+        return per_sequence(quasiseparable_two_pass, lengths, x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D,
+                            initial_states, chunk_size=chunk_size)
     cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, s_fwd, s_bwd)
     xf = x.to(cdt)
     y_fwd = semiseparable_chunked(xf, dt_fwd, A, B_fwd, C_fwd, chunk_size, s_fwd)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from ._shapes import check_D, check_hydra_args, check_ssm_args, check_state, check_step_sizes, expand_groups
+from ._shapes import (check_cu_seqlens, check_D, check_hydra_args, check_ssm_args, check_state, check_step_sizes,
+                      expand_groups)
 
 
 def _log_decay_between(log_a: torch.Tensor) -> torch.Tensor:
@@ -110,14 +111,38 @@ def quasiseparable_matrix(dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None)
     return Q
 
 
-def quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, initial_states=None):
+def per_sequence(fn, lengths: list[int], x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states, **kw):
+    """A packed batch (1, total, ...) of sequences of ``lengths``, mixed by ``fn`` one sequence at a
+    time (each slice alone, the initial states entering every one), outputs concatenated: (1, total, H, P)."""
+    per_token_D = D is not None and D.dim() == 3
+    outs, start = [], 0
+    for n in lengths:
+        part = slice(start, start + n)
+        start += n
+        if n == 0:
+            continue
+        outs.append(fn(x[:, part], dt_fwd[:, part], dt_bwd[:, part], A, B_fwd[:, part], C_fwd[:, part],
+                       B_bwd[:, part], C_bwd[:, part], D[:, part] if per_token_D else D, initial_states=initial_states,
+                       **kw))
+    if not outs:  # no position at all: the empty output, attached to every input
+        return fn(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states=initial_states, **kw)
+    return torch.cat(outs, dim=1)
+
+
+def quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, initial_states=None,
+                       cu_seqlens=None):
     """Hydra's quasiseparable mixer applied through its explicit matrix (float64).
 
     ``initial_states``: None, one (B, H, P, N) / (H, P, N) tensor used by both
-    directions, or a (forward, backward) pair.
+    directions, or a (forward, backward) pair. ``cu_seqlens``: the (n + 1,)
+    offsets of a packed batch (B = 1): the reference then runs each sequence
+    alone (a plain loop) and concatenates the outputs.
     """
     (b, l, h, p, g, n), (s_fwd, s_bwd) = check_hydra_args(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D,
                                                          initial_states)
+    if cu_seqlens is not None:
+        return per_sequence(quasiseparable_ref, check_cu_seqlens(cu_seqlens, b, l), x, dt_fwd, dt_bwd, A, B_fwd,
+                            C_fwd, B_bwd, C_bwd, D, initial_states)
     out_dtype = x.dtype
     x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd = (
         t.double() for t in (x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd))

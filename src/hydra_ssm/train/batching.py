@@ -1,4 +1,4 @@
-"""Batches: the examples of a training step (a function of seed and step only), padding, BERT masking.
+"""Batches: the examples of a training step (a function of seed and step only), padding or packing, BERT masking.
 
 Every data set is held in memory and indexed by position, so the batch of step ``s`` needs no iterator state:
 resuming repeats it exactly, and processes under torchrun each take their slice of the same global batch.
@@ -7,6 +7,7 @@ resuming repeats it exactly, and processes under torchrun each take their slice 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .tasks import TaskData
 from .tokenization import MASK, PAD, SPECIALS
@@ -59,6 +60,20 @@ def make_batch(task: TaskData, split: str, idx: list[int], *, mask_prob: float, 
     if mask is not None and not bool(mask.all()):
         out["attention_mask"] = mask
     return out
+
+def pack_rows(batch: dict) -> dict:
+    """A (right- or left-) padded text batch -> one packed row of the same examples, as the models take it.
+
+    input_ids (B, L) with attention_mask (B, L) (none: every row full) -> input_ids (1, total) holding
+    the valid tokens row after row and cu_seq_lens_q (B + 1,) int32, their offsets; per-token labels
+    (B, L) are packed alike, per-example labels (B,) kept. The model then mixes every example alone:
+    the same outputs as the padded batch, without the compute spent on padding.
+    """
+    ids = batch["input_ids"]
+    valid = batch["attention_mask"].bool() if "attention_mask" in batch else torch.ones_like(ids, dtype=torch.bool)
+    labels = batch["labels"]
+    return {"input_ids": ids[valid][None], "cu_seq_lens_q": F.pad(valid.sum(1).cumsum(0), (1, 0)).to(torch.int32),
+            "labels": labels[valid][None] if labels.dim() == 2 else labels}
 
 def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

@@ -28,7 +28,7 @@ from ..mixers import get_mixer_class
 from .checkpoints import (atomic_json, atomic_write, load_checkpoint, make_output_dir, new_run_id, resume_point,
                           run_config, save_checkpoint, save_model_dir)
 from .config import TrainConfig, UsageError
-from .batching import batch_indices, make_batch, step_generator
+from .batching import batch_indices, make_batch, pack_rows, step_generator
 from .tasks import TaskData
 
 EVAL_SEED = 2024
@@ -75,6 +75,14 @@ class Dist:
             n = v.shape[0] // self.world
             out[k] = v[self.rank * n: (self.rank + 1) * n]
         return out
+
+
+def local_batch(gbatch: dict, d: Dist, cfg: TrainConfig) -> dict:
+    """This process's part of a global batch, packed into one row with --packing, on its device."""
+    batch = d.local(gbatch)
+    if cfg.packing:
+        batch = pack_rows(batch)
+    return {k: v.to(d.device) for k, v in batch.items()}
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -181,7 +189,7 @@ def evaluate(model, task: TaskData, cfg: TrainConfig, d: Dist) -> dict:
                            gen=step_generator(EVAL_SEED, b, salt=1))
         if batch["labels"].dim() > 1:  # token targets: the padding rows have none
             batch["labels"][~keep] = -100
-        batch = {k: v.to(d.device) for k, v in d.local(batch).items()}
+        batch = local_batch(batch, d, cfg)
         local_keep = d.local({"k": keep})["k"].to(d.device)
         with amp:
             if task.kind in ("mlm", "lm"):
@@ -292,7 +300,7 @@ def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dis
             global_count = int((gbatch["labels"] != -100).sum())
         else:
             global_count = cfg.batch_size
-        batch = {k: v.to(d.device) for k, v in d.local(gbatch).items()}
+        batch = local_batch(gbatch, d, cfg)
         with amp:
             loss_sum, _, _ = loss_terms(ddp, batch, task.kind)
         loss = loss_sum * (d.world / max(global_count, 1))
