@@ -87,7 +87,7 @@ def test_exchange_is_independent_of_length_and_bad_shards_fail_on_every_rank():
     assert again == (fwd, bwd)  # 10 times the length, the same exchange
     h, p, n, d_model, halo, batch, world = 4, 8, 4, 16, 4, 2, 2
     floats = world * batch * (2 * halo * d_model + 2 * h * p * n + 2 * h)
-    assert fwd == 4 * floats + 8 * 2 * world  # float32 halos and summaries, and the (batch, length) integers
+    assert fwd == 4 * floats + 8 * 3 * world  # float32 halos and summaries, and the (batch, length, padded) integers
     assert bwd == 4 * floats
     short, batches, masked = r["errors"]
     assert "at least 4 positions" in short and "[4, 3]" in short

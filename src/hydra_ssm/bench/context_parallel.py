@@ -13,7 +13,7 @@ exchanges moved per layer and pass (``hydra_ssm.mixers.context_parallel.Exchange
 forward all-gathers, backward all-reduces, counted as the collectives' result sizes).
 
 The exchanged volume is ``W x B x (2 halo d_model + 2 H P N + 2 H)`` numbers each way
-(+ 2 W integers): it grows with the number of processes, never with L. With W = 1 the
+(+ 3 W integers): it grows with the number of processes, never with L. With W = 1 the
 layer's ordinary forward runs (no group, nothing exchanged).
 
 On a machine with fewer cores than processes the processes share the cores: the

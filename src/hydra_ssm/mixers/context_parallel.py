@@ -5,7 +5,7 @@ shards of the same sequences, rank 0 the first. A mixer that runs context-parall
 (Hydra: ``Hydra.forward(u_shard, context_parallel_group=group)``) needs three
 exchanges per call, all all-gathers within the group, whatever the sequence length:
 
-1. :func:`gather_ints`: a few integers per rank (batch size, shard length), to check
+1. :func:`gather_ints`: a few integers per rank (batch size, shard length, padding), to check
    that the shards fit together before any other exchange;
 2. :func:`exchange_halo`: the first and last ``halo`` rows of every shard, so each
    rank sees the rows of its neighbours that its convolution and its edge outputs read;
@@ -125,12 +125,18 @@ class ShardLayout(NamedTuple):
     total: int  # the whole sequence's length
 
 
-def shard_layout(batch: int, length: int, group, min_length: int = 1, what: str = "u") -> ShardLayout:
+def shard_layout(batch: int, length: int, group, min_length: int = 1, what: str = "u",
+                 padded: bool = False) -> ShardLayout:
     """Gathers every rank's (batch, length) and checks them: the same batch size everywhere, every
-    shard at least ``min_length`` rows long. Raises the same ValueError on every rank."""
-    shapes = gather_ints([batch, length], group)
-    batches = [b for b, _ in shapes]
-    lengths = [n for _, n in shapes]
+    shard at least ``min_length`` rows long, no rank with padding (``padded``: whether this rank's
+    attention mask has any). Raises the same ValueError on every rank."""
+    shapes = gather_ints([batch, length, int(padded)], group)
+    batches = [b for b, _, _ in shapes]
+    lengths = [n for _, n, _ in shapes]
+    padded_ranks = [r for r, (_, _, pad) in enumerate(shapes) if pad]
+    if padded_ranks:
+        raise ValueError(f"context parallelism: attention_mask marks padding on rank(s) {padded_ranks}; the ranks "
+                         f"must hold whole, unpadded shards of the sequences (an all-ones mask, or none)")
     if len(set(batches)) > 1:
         raise ValueError(f"context parallelism: {what} must hold the same sequences on every rank of the group, "
                          f"got batch sizes {batches} (rank order)")
