@@ -26,7 +26,11 @@ def compare(group, cases):
     rank = dist.get_rank(group)
     for cls, lengths, kw in cases:
         torch.manual_seed(0)
+        kw = dict(kw)
+        checkpointing = kw.pop("checkpointing", False)
         model = cls(config(**kw)).double()
+        if checkpointing:  # each block recomputed in backward: its exchanges run again there, on every rank
+            model.gradient_checkpointing_enable()
         for name, p in model.named_parameters():
             if name.endswith("init_states"):  # learned initial states, away from their zero init
                 torch.nn.init.normal_(p)
@@ -60,7 +64,8 @@ def compare(group, cases):
 @pytest.mark.parametrize("world, cases", [
     (2, [(HydraForMaskedLM, [7, 9], {}), (HydraForMaskedLM, [8, 8], dict(is_prenorm=False, mixer_options=LEARNED)),
          (HydraForTokenClassification, [5, 11], dict(use_position_embeddings=False))]),
-    (4, [(HydraForMaskedLM, [4, 6, 3, 7], dict(mixer_options=LEARNED))]),
+    (4, [(HydraForMaskedLM, [4, 6, 3, 7], dict(mixer_options=LEARNED)),
+         (HydraForMaskedLM, [5, 5, 5, 5], dict(checkpointing=True))]),
 ])
 def test_context_parallel_model_equals_one_process(world, cases):
     launch_gloo(compare, world, cases, start_method="fork")

@@ -3,7 +3,8 @@
     hydra-ssm bench-context-parallel --lengths 16384 32768 --per-rank 8192
 
 For every world size W and every total length L (and for W x ``--per-rank``: the
-same length per rank), W fresh processes join a gloo group, each builds the same
+same length per rank), W new processes (forked from a parent that has only imported
+the library, so none inherits an earlier measurement's peak) join a gloo group, each builds the same
 layer and its shard (L / W positions) of one input, runs ``--warmup`` forward +
 backward passes, then times ``--repeats`` more (each ends at a barrier; median of
 rank 0's times). Per rank it reports the peak memory the passes needed on top of
@@ -135,26 +136,36 @@ def main(argv: list[str] | None = None) -> int:
             f"chunk {args.chunk_size}, batch {args.batch}, float32, gloo; forward+backward per step, median of "
             f"{args.repeats} after {args.warmup} warm-up. Peak memory: the largest over the ranks of what the "
             f"passes needed on top of weights and input. Exchanged: per rank, per layer and step.\n")
-    rows = ["| processes | total L | L per rank | ms / step | peak MB per rank | exchanged fwd bytes "
-            "| exchanged bwd bytes |", "|---:|---:|---:|---:|---:|---:|---:|"]
-    print(head)
-    print("\n".join(rows))
-    sys.stdout.flush()
-    plan = [(w, n) for n in args.lengths for w in args.worlds]
+    columns = ["| processes | total L | L per rank | ms / step | peak MB per rank | exchanged fwd bytes "
+               "| exchanged bwd bytes |", "|---:|---:|---:|---:|---:|---:|---:|"]
+    tables = [(f"Fixed total L = {n}:", [(w, n) for w in args.worlds]) for n in args.lengths]
     if args.per_rank:
-        plan += [(w, w * args.per_rank) for w in args.worlds]
-    for world, total in plan:
-        cfg = dict(L=total, d_model=args.d_model, d_state=args.d_state, headdim=args.headdim,
-                   chunk_size=args.chunk_size, batch=args.batch, warmup=args.warmup, repeats=args.repeats)
-        r = launch_gloo(_measure, world, cfg)
-        row = (f"| {r['world']} | {r['L']} | {r['per_rank']} | {r['ms']:.0f} | {r['peak_mb']:.0f} | "
-               f"{r['fwd_bytes']:,} | {r['bwd_bytes']:,} |")
-        rows.append(row)
-        print(row)
+        tables.append((f"Fixed L per rank = {args.per_rank}:", [(w, w * args.per_rank) for w in args.worlds]))
+    import hydra_ssm.mixers  # noqa: F401  (imported once here: the forked workers inherit it)
+
+    start = "fork" if "fork" in __import__("multiprocessing").get_all_start_methods() else "spawn"
+    done = {}
+    text = [head]
+    print(head)
+    for title, plan in tables:
+        lines = ["", title, "", *columns]
+        print("\n".join(lines))
         sys.stdout.flush()
+        for world, total in plan:
+            if (world, total) not in done:  # a fresh group of processes per configuration
+                cfg = dict(L=total, d_model=args.d_model, d_state=args.d_state, headdim=args.headdim,
+                           chunk_size=args.chunk_size, batch=args.batch, warmup=args.warmup, repeats=args.repeats)
+                done[world, total] = launch_gloo(_measure, world, cfg, start_method=start)
+            r = done[world, total]
+            row = (f"| {r['world']} | {r['L']} | {r['per_rank']} | {r['ms']:.0f} | {r['peak_mb']:.0f} | "
+                   f"{r['fwd_bytes']:,} | {r['bwd_bytes']:,} |")
+            lines.append(row)
+            print(row)
+            sys.stdout.flush()
+        text += lines
     if args.output:
         with open(args.output, "w") as fh:
-            fh.write(head + "\n" + "\n".join(rows) + "\n")
+            fh.write("\n".join(text) + "\n")
     return 0
 
 

@@ -106,9 +106,10 @@ def all_gather(piece: torch.Tensor, group) -> torch.Tensor:
     return _AllGather.apply(piece, group)
 
 
-def gather_ints(values: list[int], group) -> list[list[int]]:
-    """Every rank's ``values`` (a list of the same length on all ranks), in rank order. Not differentiable."""
-    mine = torch.tensor(values, dtype=torch.int64)
+def gather_ints(values: list[int], group, device=None) -> list[list[int]]:
+    """Every rank's ``values`` (a list of the same length on all ranks), in rank order. Not differentiable.
+    ``device``: where the group's backend exchanges tensors (CUDA for nccl)."""
+    mine = torch.tensor(values, dtype=torch.int64, device=device)
     parts = [torch.empty_like(mine) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, mine, group=group)
     _note(len(parts) * mine.numel() * mine.element_size(), backward=False)
@@ -126,11 +127,11 @@ class ShardLayout(NamedTuple):
 
 
 def shard_layout(batch: int, length: int, group, min_length: int = 1, what: str = "u",
-                 padded: bool = False) -> ShardLayout:
+                 padded: bool = False, device=None) -> ShardLayout:
     """Gathers every rank's (batch, length) and checks them: the same batch size everywhere, every
     shard at least ``min_length`` rows long, no rank with padding (``padded``: whether this rank's
-    attention mask has any). Raises the same ValueError on every rank."""
-    shapes = gather_ints([batch, length, int(padded)], group)
+    attention mask has any). Raises the same ValueError on every rank. ``device``: the inputs' device."""
+    shapes = gather_ints([batch, length, int(padded)], group, device)
     batches = [b for b, _, _ in shapes]
     lengths = [n for _, n, _ in shapes]
     padded_ranks = [r for r, (_, _, pad) in enumerate(shapes) if pad]

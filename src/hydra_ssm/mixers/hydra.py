@@ -293,7 +293,7 @@ class Hydra(SequenceMixer):
             raise ValueError("attention_mask is not supported with context_parallel_group: every rank holds "
                              "whole, unpadded shards of the sequences")
         self._check(u, None)
-        layout = shard_layout(u.shape[0], u.shape[1], group, min_length=self.halo)
+        layout = shard_layout(u.shape[0], u.shape[1], group, min_length=self.halo, device=u.device)
         if u.shape[0] == 0:  # no sequences on any rank (the batch sizes agree)
             return self.out_proj(u.new_zeros(0, u.shape[1], self.d_inner))
         window, left, right = exchange_halo(u, self.halo, layout, group)

@@ -398,7 +398,8 @@ class HydraModel(HydraPreTrainedModel):
             if not mixer.context_parallel:
                 raise ValueError(f"context_parallel_group: mixer {mixer.mixer_name!r} ({mixer.__name__}) cannot run "
                                  f"context-parallel (its class sets context_parallel = False)")
-        layout = shard_layout(shape[0], shape[1], group, what="input_ids", padded=mask is not None)
+        layout = shard_layout(shape[0], shape[1], group, what="input_ids", padded=mask is not None,
+                              device=self.embeddings.word_embeddings.weight.device)
         positions = self.embeddings.position_embeddings
         if positions is None or position_ids is not None:
             return position_ids
