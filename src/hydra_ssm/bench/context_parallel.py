@@ -7,7 +7,7 @@ same length per rank), W new processes (forked from a parent that has only impor
 the library, so none inherits an earlier measurement's peak) join a gloo group, each builds the same
 layer and its shard (L / W positions) of one input, runs ``--warmup`` forward +
 backward passes, then times ``--repeats`` more (each ends at a barrier; median of
-rank 0's times). Per rank it reports the peak memory the passes needed on top of
+rank 0's wall times, and the sum over the ranks of their median CPU times). Per rank it reports the peak memory the passes needed on top of
 weights and input (``hydra_ssm.bench.machine.PeakMemory``: growth of VmHWM over
 VmRSS on CPU; the largest over the ranks) and the bytes the context-parallel
 exchanges moved per layer and pass (``hydra_ssm.mixers.context_parallel.ExchangeLog``:
@@ -87,9 +87,9 @@ def _measure(group, cfg: dict) -> dict:
         dist.barrier(group)
 
     peak = PeakMemory("cpu")
-    times = []
+    times, cpu = [], []
     for i in range(cfg["warmup"] + cfg["repeats"]):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if i == cfg["warmup"]:
             with ExchangeLog() as log:
                 step()
@@ -97,11 +97,13 @@ def _measure(group, cfg: dict) -> dict:
             step()
         if i >= cfg["warmup"]:
             times.append(time.perf_counter() - t0)
-    peaks = [torch.zeros(1, dtype=torch.float64) for _ in range(world)]
-    dist.all_gather(peaks, torch.tensor([float(max(0, peak.growth()))], dtype=torch.float64), group=group)
+            cpu.append(time.process_time() - c0)
+    mine = torch.tensor([float(max(0, peak.growth())), statistics.median(cpu)], dtype=torch.float64)
+    every = [torch.zeros(2, dtype=torch.float64) for _ in range(world)]
+    dist.all_gather(every, mine, group=group)
     return {"world": world, "L": cfg["L"], "per_rank": max(lengths), "ms": 1e3 * statistics.median(times),
-            "peak_mb": max(float(p) for p in peaks) / 2**20, "fwd_bytes": log.forward_bytes,
-            "bwd_bytes": log.backward_bytes}
+            "cpu_s": sum(float(e[1]) for e in every), "peak_mb": max(float(e[0]) for e in every) / 2**20,
+            "fwd_bytes": log.forward_bytes, "bwd_bytes": log.backward_bytes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
             f"per process (with more processes than cores they share the cores: times are not a speed-up). "
             f"One Hydra layer, d_model {args.d_model}, d_state {args.d_state}, headdim {args.headdim}, "
             f"chunk {args.chunk_size}, batch {args.batch}, float32, gloo; forward+backward per step, median of "
-            f"{args.repeats} after {args.warmup} warm-up. Peak memory: the largest over the ranks of what the "
-            f"passes needed on top of weights and input. Exchanged: per rank, per layer and step.\n")
-    columns = ["| processes | total L | L per rank | ms / step | peak MB per rank | exchanged fwd bytes "
-               "| exchanged bwd bytes |", "|---:|---:|---:|---:|---:|---:|---:|"]
+            f"{args.repeats} after {args.warmup} warm-up (wall time of rank 0; CPU time: the ranks' medians "
+            f"summed, i.e. the work of a step, which other jobs on the machine do not inflate). Peak memory: the "
+            f"largest over the ranks of what the passes needed on top of weights and input. Exchanged: per rank, "
+            f"per layer and step.\n")
+    columns = ["| processes | total L | L per rank | ms / step | CPU s / step, all ranks | peak MB per rank "
+               "| exchanged fwd bytes | exchanged bwd bytes |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
     tables = [(f"Fixed total L = {n}:", [(w, n) for w in args.worlds]) for n in args.lengths]
     if args.per_rank:
         tables.append((f"Fixed L per rank = {args.per_rank}:", [(w, w * args.per_rank) for w in args.worlds]))
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                            chunk_size=args.chunk_size, batch=args.batch, warmup=args.warmup, repeats=args.repeats)
                 done[world, total] = launch_gloo(_measure, world, cfg, start_method=start)
             r = done[world, total]
-            row = (f"| {r['world']} | {r['L']} | {r['per_rank']} | {r['ms']:.0f} | {r['peak_mb']:.0f} | "
+            row = (f"| {r['world']} | {r['L']} | {r['per_rank']} | {r['ms']:.0f} | {r['cpu_s']:.2f} | {r['peak_mb']:.0f} | "
                    f"{r['fwd_bytes']:,} | {r['bwd_bytes']:,} |")
             lines.append(row)
             print(row)
