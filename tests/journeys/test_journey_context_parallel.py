@@ -109,3 +109,18 @@ def test_shards_shorter_than_the_halo_stop_on_every_rank(corpus, tmp_path, capfd
     assert launch_gloo(cli_rank, 2, argv, start_method="fork") == 2
     err = capfd.readouterr().err
     assert err.count("hydra-ssm: error: --context-parallel 2: sequences of 6 positions make shards of 3") == 2, err
+
+
+def test_bench_prints_memory_and_an_exchange_that_does_not_grow_with_length(capsys):
+    argv = ["bench-context-parallel", "--worlds", "1", "2", "--lengths", "16", "64", "--per-rank", "0",
+            "--d-model", "16", "--headdim", "8", "--d-state", "4", "--warmup", "0", "--repeats", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    cells = {(int(r[0]), int(r[1])): [c.strip() for c in r] for r in rows}
+    assert set(cells) == {(1, 16), (2, 16), (1, 64), (2, 64)}
+    assert cells[1, 16][6:] == ["0", "0"]  # one process: nothing exchanged
+    # two processes x (first and last 4 rows of 16, two (4 heads, P 8, N 4) states, two (4,) decays) float32
+    # + 2 x 3 integers: at both lengths
+    assert cells[2, 16][6:] == cells[2, 64][6:] == [f"{2 * 4 * (128 + 256 + 8) + 6 * 8:,}", f"{2 * 4 * (128 + 256 + 8):,}"]
+    assert "share the cores" in out
