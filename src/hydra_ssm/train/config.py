@@ -157,9 +157,10 @@ class TrainConfig:
                                  f"sequences; context parallelism trains the token-level tasks (mlm, synthetic mqar)")
             for m in self.mixers:
                 cls = get_mixer_class(m)
-                need(cls.context_parallel, f"--context-parallel {self.context_parallel}: mixer {m!r} ({cls.__name__}) "
-                                           f"cannot run context-parallel; choose --mixers among: "
-                                           + ", ".join(n for n in available_mixers() if get_mixer_class(n).context_parallel))
+                able = [n for n in available_mixers() if get_mixer_class(n).context_parallel]
+                need(cls.context_parallel, f"--context-parallel {self.context_parallel}: mixer {m!r} "
+                                           f"({cls.__name__}) cannot run context-parallel; choose --mixers among: "
+                                           + ", ".join(able))
         need(self.lr > 0, f"--lr must be positive, got {self.lr}")
         need(0 < self.mask_prob < 1, f"--mask-prob must be in (0, 1), got {self.mask_prob}")
         need(0 <= self.validation_fraction < 1, f"--validation-fraction must be in [0, 1), got {self.validation_fraction}")
