@@ -17,6 +17,7 @@ from ..ops.boundary import EnteringStates, SegmentSummary, entering_state_readou
 from ..ops._layout import PackedLayout
 from .common import (check_layer_sizes, check_padded_input, decay_rate, dt_bias, in_proj_and_conv, token_diagonal,
                      work_dtype)
+from .context_parallel import check_group, exchange_halo, gather_summaries, shard_layout
 from .norm import GatedRMSNorm
 from .registry import SequenceMixer, check_packed_row, register_mixer
 
@@ -72,6 +73,17 @@ class Hydra(SequenceMixer):
     alone (neither the scans nor the convolution cross a boundary; learnable
     initial states start every sequence), at the cost of its own tokens only.
 
+    ``forward(u_shard, context_parallel_group=group)``: context parallelism.
+    The ranks of the ``torch.distributed`` group each hold one contiguous shard
+    (B, n_rank, d_model) of the same sequences, rank 0 the first; each gets
+    the layer's output at its own positions, exactly (forward and backward:
+    gradients reach every rank's shard and parameters as if one process had
+    run the whole sequence; parameter gradients are then summed over the
+    group). Shards may have different lengths, each at least ``halo`` rows.
+    The ranks exchange ``halo`` rows with their neighbours and one summary of
+    O(H P N) numbers per rank (``hydra_ssm.mixers.context_parallel``): the
+    communication does not grow with the sequence length. No attention mask.
+
     ``scan_impl`` chooses the quasiseparable algorithm: ``"fused"`` (default,
     one pass over the chunks for both directions), ``"two_pass"`` (the causal
     scan on x and on the flipped x, kept for comparison) or ``"minimal"`` (no
@@ -91,6 +103,7 @@ class Hydra(SequenceMixer):
     """
 
     position_aware = True  # the scan orders the tokens
+    context_parallel = True  # forward(u_shard, context_parallel_group=group): exact over shards of the sequence
 
     def __init__(
         self,
@@ -215,9 +228,14 @@ class Hydra(SequenceMixer):
 
     # ---------------------------------------------------------------- forward
     def forward(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
+                cu_seqlens: torch.Tensor | None = None, context_parallel_group=None) -> torch.Tensor:
         if cu_seqlens is not None and attention_mask is not None:
             raise ValueError("pass attention_mask (a padded batch) or cu_seqlens (a packed row), not both")
+        if context_parallel_group is not None:
+            if cu_seqlens is not None:
+                raise ValueError("cu_seqlens (a packed row) and context_parallel_group (a sequence split across "
+                                 "processes) cannot be combined: pass one of them")
+            return self._forward_context_parallel(u, attention_mask, context_parallel_group)
         mask = self._check(u, attention_mask)
         packed = None
         if cu_seqlens is not None:
@@ -289,6 +307,22 @@ class Hydra(SequenceMixer):
             y = y + entering_state_readout(s.dt_fwd, s.dt_bwd, A, C_fwd_read, C_bwd_read,
                                            entering.fwd, entering.bwd).to(y.dtype)
         return self._output(y, s.z)
+
+    def _forward_context_parallel(self, u: torch.Tensor, attention_mask, group) -> torch.Tensor:
+        """``forward`` of this rank's shard u (B, n, d_model) of sequences split over ``group``'s ranks
+        (rank 0 the first shard); see ``hydra_ssm.mixers.context_parallel``."""
+        check_group(group)
+        if attention_mask is not None:
+            raise ValueError("attention_mask is not supported with context_parallel_group: every rank holds "
+                             "whole, unpadded shards of the sequences")
+        self._check(u, None)
+        layout = shard_layout(u.shape[0], u.shape[1], group, min_length=self.halo, device=u.device)
+        if u.shape[0] == 0:  # no sequences on any rank (the batch sizes agree)
+            return self.out_proj(u.new_zeros(0, u.shape[1], self.d_inner))
+        window, left, right = exchange_halo(u, self.halo, layout, group)
+        seg = self.segment(window, left, right)
+        entering = entering_states(gather_summaries(self.segment_summary(seg), group), self.initial_entering())
+        return self.segment_output(seg, entering[layout.rank])
 
     @torch.no_grad()
     def stream(self, u: torch.Tensor, segment_len: int, out: torch.Tensor | None = None) -> torch.Tensor:

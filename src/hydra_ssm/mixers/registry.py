@@ -58,6 +58,10 @@ class SequenceMixer(nn.Module):
     #: sized by ``max_seq_len``; the constructor then takes ``is_data_dependent`` and ``max_seq_len``).
     #: Default: data-dependent only.
     forms: tuple[str, ...] = ("sam",)
+    #: True when ``forward(u_shard, context_parallel_group=group)`` computes this rank's shard of sequences
+    #: split over the ranks of a ``torch.distributed`` group (context parallelism; see
+    #: ``hydra_ssm.mixers.context_parallel``). Models refuse a group for mixers that leave it False.
+    context_parallel: bool = False
 
     @classmethod
     def keyword_options(cls) -> set[str] | None:

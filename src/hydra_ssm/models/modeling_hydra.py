@@ -27,6 +27,7 @@ equal those of each sequence run alone, and no compute is spent on padding.
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 from safetensors import SafetensorError
 from torch import nn
 from torch.nn import BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
@@ -44,6 +45,7 @@ from transformers.utils import logging
 from .._checks import check_index_range, check_index_tensor, check_mask, check_sequence_input, tracing
 from ..mixers import build_mixer
 from ..ops._shapes import check_cu_seqlens
+from ..mixers.context_parallel import check_group, shard_layout
 from .configuration_hydra import HydraConfig, HydraVisionConfig
 
 logger = logging.get_logger(__name__)
@@ -132,17 +134,22 @@ def packed_offsets(shape: tuple, position_ids=None, cu_seq_lens_q=None, cu_seq_l
 IGNORE_INDEX = -100  # label of positions that take no part in a loss (CrossEntropyLoss's default)
 
 
-def _token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _token_loss(logits: torch.Tensor, labels: torch.Tensor, context_parallel_group=None) -> torch.Tensor:
     """Mean cross-entropy over the labelled entries (label != -100) of ``logits`` (..., C), ``labels`` (...).
 
     A batch with no labelled entry gives a loss of exactly 0 that still has a
     grad_fn (its gradient is zero), so a training step on it is a no-op instead
-    of a NaN that would poison the weights.
+    of a NaN that would poison the weights. With a ``context_parallel_group``
+    (each rank holds a shard of the sequences): this rank's share of the mean
+    over the whole sequences, i.e. its sum divided by the group's count of
+    labelled entries; the shares sum to the loss of one process.
     """
     labels = labels.to(device=logits.device, dtype=torch.long).reshape(-1)
     total = CrossEntropyLoss(reduction="sum", ignore_index=IGNORE_INDEX)(logits.reshape(-1, logits.shape[-1]), labels)
-    count = (labels != IGNORE_INDEX).sum().clamp(min=1)
-    return total / count.to(total.dtype)
+    count = (labels != IGNORE_INDEX).sum()
+    if context_parallel_group is not None:
+        dist.all_reduce(count, group=context_parallel_group)
+    return total / count.clamp(min=1).to(total.dtype)
 
 
 def _classification_loss(config: HydraConfig, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -262,23 +269,26 @@ class HydraBlock(nn.Module):
         else:
             self.mlp = None
 
-    def _mix(self, x, mask, cu_seqlens):
+    def _mix(self, x, mask, cu_seqlens=None, context_parallel_group=None):
         if cu_seqlens is not None:  # a packed row: each sequence mixed alone
             return self.mixer.forward_packed(x, cu_seqlens)
+        if context_parallel_group is not None:  # whole, unpadded shards (checked by HydraModel)
+            return self.mixer(x, context_parallel_group=context_parallel_group)
         if mask is not None:  # padded tokens enter every mixer as zeros
             x = x * mask[..., None].to(x.dtype)
         return self.mixer(x, attention_mask=mask)
 
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None,
-                cu_seqlens: torch.Tensor | None = None) -> torch.Tensor:
-        """``cu_seqlens``: the (n + 1,) offsets of a packed row (1, total, D), or None."""
+                cu_seqlens: torch.Tensor | None = None, context_parallel_group=None) -> torch.Tensor:
+        """``cu_seqlens``: the (n + 1,) offsets of a packed row (1, total, D), or None;
+        ``context_parallel_group``: this rank holds a shard of the sequences (see HydraModel)."""
         h = hidden_states
         if self.is_prenorm:
-            h = h + self._mix(self.norm(h), mask, cu_seqlens)
+            h = h + self._mix(self.norm(h), mask, cu_seqlens, context_parallel_group)
             if self.mlp is not None:
                 h = h + self.mlp(self.mlp_norm(h))
         else:
-            h = self.norm(h + self._mix(h, mask, cu_seqlens))
+            h = self.norm(h + self._mix(h, mask, cu_seqlens, context_parallel_group))
             if self.mlp is not None:
                 h = self.mlp_norm(h + self.mlp(h))
         return h
@@ -293,13 +303,15 @@ class HydraEncoder(nn.Module):
         self.norm_f = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.is_prenorm else None
         self.gradient_checkpointing = False  # switched by PreTrainedModel.gradient_checkpointing_enable()
 
-    def forward(self, hidden_states, mask=None, output_hidden_states=False, cu_seqlens=None):
+    def forward(self, hidden_states, mask=None, output_hidden_states=False, cu_seqlens=None,
+                context_parallel_group=None):
         all_hidden = (hidden_states,) if output_hidden_states else None
         for layer in self.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states, mask, cu_seqlens)
+                hidden_states = self._gradient_checkpointing_func(layer.__call__, hidden_states, mask, cu_seqlens,
+                                                                  context_parallel_group)
             else:
-                hidden_states = layer(hidden_states, mask, cu_seqlens)
+                hidden_states = layer(hidden_states, mask, cu_seqlens, context_parallel_group)
             if output_hidden_states:
                 all_hidden = all_hidden + (hidden_states,)
         if self.norm_f is not None:
@@ -406,6 +418,14 @@ class HydraModel(HydraPreTrainedModel):
     those of each sequence run alone. Position embeddings, if any, read the given
     position_ids (counted from each sequence's start when only offsets are given);
     the pooler pools each sequence, so ``pooler_output`` is (n, D).
+
+    Context parallelism: ``forward(..., context_parallel_group=group)`` on every
+    rank of a ``torch.distributed`` group, each with one contiguous shard of the
+    same sequences (rank 0 the first; shards may differ in length), gives each
+    rank the outputs at its own positions, exactly as one process would (see
+    ``Hydra.forward``). Needs mixers with ``context_parallel = True``, no padding
+    (an all-ones mask or none), and no pooler (``add_pooling_layer=False``);
+    position embeddings count from the shard's place in the whole sequence.
     """
 
     def __init__(self, config: HydraConfig, add_pooling_layer: bool = True):
@@ -474,6 +494,28 @@ class HydraModel(HydraPreTrainedModel):
                 check_index_range("position_ids", position_ids, positions.num_embeddings)
         return mask, offsets
 
+    def _context_parallel_positions(self, shape, mask, position_ids, group):
+        """Checks of a context-parallel forward (the same verdict on every rank of ``group``) and the
+        position ids of this rank's shard: its positions in the whole sequence (or the given ones)."""
+        check_group(group)
+        if self.pooler is not None:
+            raise ValueError("context_parallel_group: the pooler reads whole sequences; build the model with "
+                             "add_pooling_layer=False (context parallelism computes per-token outputs)")
+        for layer in self.encoder.layers:
+            mixer = type(layer.mixer)
+            if not mixer.context_parallel:
+                raise ValueError(f"context_parallel_group: mixer {mixer.mixer_name!r} ({mixer.__name__}) cannot run "
+                                 f"context-parallel (its class sets context_parallel = False)")
+        layout = shard_layout(shape[0], shape[1], group, what="input_ids", padded=mask is not None,
+                              device=self.embeddings.word_embeddings.weight.device)
+        positions = self.embeddings.position_embeddings
+        if positions is None or position_ids is not None:
+            return position_ids
+        if layout.total > positions.num_embeddings:
+            raise ValueError(f"context parallelism: the shards make sequences of {layout.total} positions, longer "
+                             f"than max_position_embeddings={positions.num_embeddings}")
+        return torch.arange(layout.offset, layout.offset + shape[1], device=positions.weight.device).expand(shape)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -489,12 +531,14 @@ class HydraModel(HydraPreTrainedModel):
         max_length_q: int | None = None,
         max_length_k: int | None = None,
         seq_idx: torch.Tensor | None = None,
+        context_parallel_group=None,
     ):
         """Returns ``BaseModelOutputWithPooling``: last_hidden_state (B, L, D), zero at padded
         positions; pooler_output (B, D) or None; hidden_states (embeddings + one per block) on request.
         ``output_attentions`` is accepted for API compatibility; mixers return no attention maps.
         ``cu_seq_lens_q`` ... ``seq_idx``: a packed row's sequences, as DataCollatorWithFlattening
-        emits them (see the class notes); pooler_output is then (n, D)."""
+        emits them (see the class notes); pooler_output is then (n, D).
+        ``context_parallel_group``: this rank's shard of sequences split over the group (class docstring)."""
         packing = dict(cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q,
                        max_length_k=max_length_k, seq_idx=seq_idx)
         mask, offsets = self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
@@ -507,6 +551,12 @@ class HydraModel(HydraPreTrainedModel):
         elif cu_seqlens is not None and position_ids is None:  # positions counted from each sequence's start
             starts = torch.repeat_interleave(cu_seqlens[:-1], cu_seqlens[1:] - cu_seqlens[:-1])
             position_ids = (torch.arange(offsets[-1], device=device) - starts)[None]
+        if context_parallel_group is not None:
+            if cu_seqlens is not None:
+                raise ValueError("a packed row (position_ids restarting, cu_seq_lens_q, seq_idx) and "
+                                 "context_parallel_group cannot be combined: pass one of them")
+            shape = tuple(input_ids.shape if input_ids is not None else inputs_embeds.shape[:2])
+            position_ids = self._context_parallel_positions(shape, mask, position_ids, context_parallel_group)
         if token_type_ids is not None and self.embeddings.token_type_embeddings is None:
             token_type_ids = None  # all zeros (checked): the single segment, as without token types
         # any integer dtype (uint8, int16, ...) is accepted; embeddings take int64
@@ -518,7 +568,7 @@ class HydraModel(HydraPreTrainedModel):
         hidden = self.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, position_ids=position_ids,
                                  inputs_embeds=inputs_embeds, mask=mask)
         hidden, all_hidden = self.encoder(hidden, mask, output_hidden_states=output_hidden_states,
-                                          cu_seqlens=cu_seqlens)
+                                          cu_seqlens=cu_seqlens, context_parallel_group=context_parallel_group)
         if mask is not None:
             hidden = hidden * mask[..., None].to(hidden.dtype)
         pooled = self.pooler(hidden, mask, cu_seqlens) if self.pooler is not None else None
@@ -561,22 +611,25 @@ class HydraForMaskedLM(HydraPreTrainedModel):
         self.lm_head.decoder = new_embeddings
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, cu_seq_lens_q=None, cu_seq_lens_k=None,
-                max_length_q=None, max_length_k=None, seq_idx=None):
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, cu_seq_lens_q=None,
+                cu_seq_lens_k=None, max_length_q=None, max_length_k=None, seq_idx=None, context_parallel_group=None):
         """``labels`` (B, L): token ids at the positions to predict, -100 elsewhere. The loss is
         the mean over the labelled positions; a batch without any is a loss of 0 (with a grad_fn).
-        ``cu_seq_lens_q`` ... ``seq_idx``: a packed row's sequences (see :class:`HydraModel`)."""
+        ``cu_seq_lens_q`` ... ``seq_idx``: a packed row's sequences (see :class:`HydraModel`).
+        ``context_parallel_group``: each rank of the group holds a shard of the sequences (see
+        ``HydraModel``); the loss is then this rank's share of the mean over the whole sequences
+        (the shares sum to the one-process loss; sum the parameters' gradients over the group)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.hydra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                              position_ids=position_ids, inputs_embeds=inputs_embeds,
                              output_hidden_states=output_hidden_states, return_dict=True,
                              cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q,
-                             max_length_k=max_length_k, seq_idx=seq_idx)
+                             max_length_k=max_length_k, seq_idx=seq_idx, context_parallel_group=context_parallel_group)
         logits = self.lm_head(outputs.last_hidden_state)
         loss = None
         if labels is not None:
             _check_token_labels(labels, logits.shape[:2], logits.shape[-1])
-            loss = _token_loss(logits, labels)
+            loss = _token_loss(logits, labels, context_parallel_group)
         out = MaskedLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return out if return_dict else out.to_tuple()
 
@@ -626,20 +679,21 @@ class HydraForTokenClassification(HydraPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
-                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, cu_seq_lens_q=None, cu_seq_lens_k=None,
-                max_length_q=None, max_length_k=None, seq_idx=None):
-        """``cu_seq_lens_q`` ... ``seq_idx``: a packed row's sequences (see :class:`HydraModel`)."""
+                labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, cu_seq_lens_q=None,
+                cu_seq_lens_k=None, max_length_q=None, max_length_k=None, seq_idx=None, context_parallel_group=None):
+        """``cu_seq_lens_q`` ... ``seq_idx``: a packed row's sequences (see :class:`HydraModel`).
+        ``context_parallel_group``: as in ``HydraForMaskedLM`` (the loss is this rank's share)."""
         return_dict = self.config.return_dict if return_dict is None else return_dict
         outputs = self.hydra(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                              position_ids=position_ids, inputs_embeds=inputs_embeds,
                              output_hidden_states=output_hidden_states, return_dict=True,
                              cu_seq_lens_q=cu_seq_lens_q, cu_seq_lens_k=cu_seq_lens_k, max_length_q=max_length_q,
-                             max_length_k=max_length_k, seq_idx=seq_idx)
+                             max_length_k=max_length_k, seq_idx=seq_idx, context_parallel_group=context_parallel_group)
         logits = self.classifier(self.dropout(outputs.last_hidden_state))
         loss = None
         if labels is not None:
             _check_token_labels(labels, logits.shape[:2], self.num_labels)
-            loss = _token_loss(logits, labels)
+            loss = _token_loss(logits, labels, context_parallel_group)
         out = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
         return out if return_dict else out.to_tuple()
 

@@ -107,6 +107,9 @@ class TrainConfig:
     bf16: bool = _f(False, "bfloat16 autocast for forward passes")
     device: str = _f("auto", "auto, cpu or cuda", choices=("auto", "cpu", "cuda"))
     threads: int = _f(0, "torch CPU threads per process (0 = cores / processes)")
+    context_parallel: int = _f(1, "processes that split each sequence between them (context parallelism, under "
+                                  "torchrun: groups of this many consecutive ranks; data parallel across the groups); "
+                                  "token-level tasks (mlm, synthetic mqar) and mixers that support it (hydra)")
     # ---------------------------------------------------------------- evaluation, logging, checkpoints
     eval_every: int = _f(50, "evaluate on the validation data every N steps (and at the end)")
     eval_batches: int = _f(8, "batches per evaluation (0 = the whole validation set)")
@@ -146,6 +149,21 @@ class TrainConfig:
                      "checkpoint_every", "threads", "weight_decay", "grad_clip", "dropout", "debug_step_delay"):
             need(getattr(self, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         need(self.keep_checkpoints >= 1, f"--keep-checkpoints must be >= 1, got {self.keep_checkpoints}")
+        need(self.context_parallel >= 1, f"--context-parallel must be >= 1, got {self.context_parallel}")
+        if self.context_parallel > 1:
+            from ..mixers import get_mixer_class
+            tasks = self.tasks or [self.task]
+            for t in tasks:
+                pooled = t in ("classify", "image") or (t == "synthetic" and self.synthetic_task != "mqar")
+                what = f"synthetic --synthetic-task {self.synthetic_task}" if t == "synthetic" else t
+                need(not pooled, f"--context-parallel {self.context_parallel}: --task {what} classifies whole "
+                                 f"sequences; context parallelism trains the token-level tasks (mlm, synthetic mqar)")
+            for m in self.mixers:
+                cls = get_mixer_class(m)
+                able = [n for n in available_mixers() if get_mixer_class(n).context_parallel]
+                need(cls.context_parallel, f"--context-parallel {self.context_parallel}: mixer {m!r} "
+                                           f"({cls.__name__}) cannot run context-parallel; choose --mixers among: "
+                                           + ", ".join(able))
         need(self.lr > 0, f"--lr must be positive, got {self.lr}")
         need(0 < self.mask_prob < 1, f"--mask-prob must be in (0, 1), got {self.mask_prob}")
         need(0 <= self.validation_fraction < 1, f"--validation-fraction must be in [0, 1), got {self.validation_fraction}")
@@ -168,6 +186,9 @@ class TrainConfig:
                                         f"[CLS], [SEP] and at least one token per text (>= {least})")
         need(not (self.packing and "image" in tasks), "--packing packs text examples of varying lengths; --task image "
                                                       "has fixed-size images: leave --packing off")
+        need(not (self.packing and self.context_parallel > 1),
+             f"--packing and --context-parallel {self.context_parallel} cannot be combined: a packed row holds whole "
+             f"sequences, context parallelism splits each sequence across processes; choose one")
         if tasks & {"classify", "image"}:  # tables and arrays are read from one file each
             for name in ("train_file", "validation_file"):
                 for p in _split_paths(getattr(self, name)):

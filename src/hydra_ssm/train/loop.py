@@ -18,13 +18,14 @@ import random
 import sys
 import time
 from contextlib import nullcontext
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..mixers import get_mixer_class
+from ..mixers import SequenceMixer, get_mixer_class
 from .checkpoints import (atomic_json, atomic_write, load_checkpoint, make_output_dir, new_run_id, resume_point,
                           run_config, save_checkpoint, save_model_dir)
 from .config import TrainConfig, UsageError
@@ -36,6 +37,13 @@ EVAL_SEED = 2024
 
 # ---------------------------------------------------------------------------------------------- processes
 class Dist:
+    """The processes of a run (torchrun's environment) and how a global batch is split between them.
+
+    With ``--context-parallel N`` the ranks form groups of N consecutive ranks (``context_group``); the
+    ranks of a group hold the same sequences, each a contiguous shard of their positions, and the
+    groups split the batch (data parallel, ``world / N`` ways).
+    """
+
     def __init__(self, cfg: TrainConfig):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
@@ -48,8 +56,21 @@ class Dist:
             torch.cuda.set_device(self.device)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if want_cuda else "gloo")
-        if cfg.batch_size % self.world:
-            raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by the number of processes ({self.world})")
+        self.context = cfg.context_parallel  # ranks per context-parallel group
+        if self.world % self.context:
+            raise UsageError(f"--context-parallel {self.context}: the number of processes ({self.world}) must be a "
+                             f"multiple of it (run under torchrun --nproc_per_node {self.context} or a multiple)")
+        self.data_parallel = self.world // self.context
+        if cfg.batch_size % self.data_parallel:
+            what = "processes" if self.context == 1 else "data-parallel groups (processes / --context-parallel)"
+            raise UsageError(f"--batch-size {cfg.batch_size} must be divisible by the number of {what} "
+                             f"({self.data_parallel})")
+        self.context_group = None
+        if self.context > 1:
+            for first in range(0, self.world, self.context):  # every rank creates every group, in the same order
+                group = dist.new_group(list(range(first, first + self.context)))
+                if first <= self.rank < first + self.context:
+                    self.context_group = group
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         torch.set_num_threads(cfg.threads or max(1, cores // self.world))
 
@@ -68,19 +89,25 @@ class Dist:
         return t
 
     def local(self, batch: dict) -> dict:
+        """This process's part of a global batch: its data-parallel group's rows and, with context
+        parallelism, its shard of their positions (dimension 1 of the per-token tensors)."""
         if self.world == 1:
             return batch
         out = {}
+        group = self.rank // self.context
         for k, v in batch.items():
-            n = v.shape[0] // self.world
-            out[k] = v[self.rank * n: (self.rank + 1) * n]
+            n = v.shape[0] // self.data_parallel
+            v = v[group * n: (group + 1) * n]
+            if self.context > 1 and v.dim() > 1:
+                v = torch.tensor_split(v, self.context, dim=1)[self.rank % self.context]
+            out[k] = v
         return out
 
 
-def local_batch(gbatch: dict, d: Dist, cfg: TrainConfig) -> dict:
+def local_batch(gbatch: dict, d: Dist, packing: bool) -> dict:
     """This process's part of a global batch, packed into one row with --packing, on its device."""
     batch = d.local(gbatch)
-    if cfg.packing:
+    if packing:
         batch = pack_rows(batch)
     return {k: v.to(d.device) for k, v in batch.items()}
 
@@ -149,10 +176,13 @@ def build_model(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size:
 
 
 # ---------------------------------------------------------------------------------------------- loss
-def loss_terms(model, batch: dict, kind: str):
-    """(sum of per-target losses, number of targets, number of correct predictions)."""
+def loss_terms(model, batch: dict, kind: str, context_group=None):
+    """(sum of per-target losses, number of targets, number of correct predictions); ``context_group``:
+    the batch is this process's shard of the positions (Dist.local)."""
     labels = batch["labels"]
     inputs = {k: v for k, v in batch.items() if k != "labels"}
+    if context_group is not None:
+        inputs["context_parallel_group"] = context_group
     logits = model(**inputs).logits.float()
     if kind in ("mlm", "lm"):
         sel = labels != -100
@@ -182,18 +212,18 @@ def evaluate(model, task: TaskData, cfg: TrainConfig, d: Dist) -> dict:
     amp = autocast(cfg, d)
     for b in range(nb):
         idx = list(range(b * bs, min(n, (b + 1) * bs)))
-        while len(idx) % d.world:  # pad the last batch so it splits evenly; the padding is not counted
+        while len(idx) % d.data_parallel:  # pad the last batch so it splits evenly; the padding is not counted
             idx.append(-1)
         keep = torch.tensor([i >= 0 for i in idx])
         batch = make_batch(task, "val", [max(i, 0) for i in idx], mask_prob=cfg.mask_prob,
                            gen=step_generator(EVAL_SEED, b, salt=1))
         if batch["labels"].dim() > 1:  # token targets: the padding rows have none
             batch["labels"][~keep] = -100
-        batch = local_batch(batch, d, cfg)
+        batch = local_batch(batch, d, cfg.packing)
         local_keep = d.local({"k": keep})["k"].to(d.device)
         with amp:
             if task.kind in ("mlm", "lm"):
-                loss, cnt, cor = loss_terms(model, batch, task.kind)
+                loss, cnt, cor = loss_terms(model, batch, task.kind, d.context_group)
             else:
                 inputs = {k: v for k, v in batch.items() if k != "labels"}
                 logits = model(**inputs).logits.float()[local_keep]
@@ -205,6 +235,26 @@ def evaluate(model, task: TaskData, cfg: TrainConfig, d: Dist) -> dict:
     model.train()
     count = max(tot[1].item(), 1.0)
     return {"eval_loss": tot[0].item() / count, "eval_accuracy": tot[2].item() / count, "eval_targets": int(tot[1].item())}
+
+
+class StepLoss(NamedTuple):
+    """One process's part of a training step's loss."""
+
+    backward: torch.Tensor  # what this process back-propagates (DDP then averages the gradients over processes)
+    total: torch.Tensor  # its sum of per-target losses
+    count: int  # targets in the global batch
+
+
+def step_loss(model, gbatch: dict, kind: str, d: Dist, amp, packing: bool = False) -> StepLoss:
+    """This process's loss on its part of the global batch ``gbatch``, normalised by the *global* number of
+    targets and multiplied by the number of processes, so that DDP's average of the processes' gradients
+    is the gradient of the global batch's mean loss, as one process would compute it (with context
+    parallelism too: the shards' gradients cross the ranks in the mixers' exchanges)."""
+    count = int((gbatch["labels"] != -100).sum()) if kind in ("mlm", "lm") else gbatch["labels"].shape[0]
+    batch = local_batch(gbatch, d, packing)
+    with amp:
+        total, _, _ = loss_terms(model, batch, kind, d.context_group)
+    return StepLoss(total * (d.world / max(count, 1)), total, count)
 
 
 def decays(name: str, p: torch.nn.Parameter) -> bool:
@@ -251,6 +301,12 @@ def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dis
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, task, mixer, intermediate_size).to(d.device)
     mixer = model.config.matrix_mixer_type
+    if d.context > 1:  # every shard needs the rows that the mixers read from each neighbour
+        halo = max((getattr(m, "halo", 1) for m in model.modules() if isinstance(m, SequenceMixer)), default=1)
+        if task.seq_len // d.context < halo:
+            raise UsageError(f"--context-parallel {d.context}: sequences of {task.seq_len} positions make shards of "
+                             f"{task.seq_len // d.context}, fewer than the {halo} rows each shard hands its neighbours "
+                             f"(d_conv // 2 + 1); use a longer --seq-len or a smaller --context-parallel")
     n_params = sum(p.numel() for p in model.parameters())
     torch.manual_seed(cfg.seed + 1 + d.rank)
     random.seed(cfg.seed + d.rank)
@@ -296,36 +352,29 @@ def train_run(cfg: TrainConfig, task: TaskData, mixer: str, run_dir: str, d: Dis
         idx = batch_indices(n_train, cfg.batch_size, cfg.seed, step)
         gbatch = make_batch(task, "train", idx, mask_prob=cfg.mask_prob, gen=step_generator(cfg.seed, step))
         ntok = tokens_in(gbatch, task)
-        if task.kind in ("mlm", "lm"):
-            global_count = int((gbatch["labels"] != -100).sum())
-        else:
-            global_count = cfg.batch_size
-        batch = local_batch(gbatch, d, cfg)
-        with amp:
-            loss_sum, _, _ = loss_terms(ddp, batch, task.kind)
-        loss = loss_sum * (d.world / max(global_count, 1))
+        loss = step_loss(ddp, gbatch, task.kind, d, amp, cfg.packing)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         lr = sched.get_last_lr()[0]
         sched.step()
-        step_loss = float(d.sum(loss_sum.detach().double())) / max(global_count, 1)
-        if not math.isfinite(step_loss):
-            raise FloatingPointError(f"{label or mixer}: the loss became {step_loss} at step {step + 1}; lower --lr")
+        mean_loss = float(d.sum(loss.total.detach().double())) / max(loss.count, 1)
+        if not math.isfinite(mean_loss):
+            raise FloatingPointError(f"{label or mixer}: the loss became {mean_loss} at step {step + 1}; lower --lr")
         dt = time.perf_counter() - t0
         state["train_time_s"] += dt
         state["tokens"] += ntok
         state["step"] = step + 1
         state["wall_s"] = wall0 + time.perf_counter() - t_start
         if log:
-            log.write(json.dumps({"step": step + 1, "loss": step_loss, "lr": lr, "tokens": state["tokens"],
+            log.write(json.dumps({"step": step + 1, "loss": mean_loss, "lr": lr, "tokens": state["tokens"],
                                   "time_s": round(state["wall_s"], 3)}) + "\n")
             log.flush()
         if bar:
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}", **({"val_acc": f"{last_eval['eval_accuracy']:.3f}"} if last_eval else {}))
+            bar.set_postfix(loss=f"{mean_loss:.3f}", **({"val_acc": f"{last_eval['eval_accuracy']:.3f}"} if last_eval else {}))
         done = step + 1 == cfg.steps
         if (step + 1) % cfg.eval_every == 0 or done:
             last_eval = evaluate(model, task, cfg, d)

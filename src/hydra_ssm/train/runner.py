@@ -222,7 +222,8 @@ def evaluate_model(model_dir: str, overrides: dict) -> dict:
         raise UsageError("--validation-file: the synthetic tasks generate their validation data")
     saved.update(overrides)
     # the model directory has the tokenizer; the run's starting point is not needed
-    saved.update(resume=False, init_from="", tokenizer_from="", progress=False)
+    # (evaluation runs whole sequences: a run trained with context parallelism is evaluated without it)
+    saved.update(resume=False, init_from="", tokenizer_from="", progress=False, context_parallel=1)
     model = load_model_dir(model_dir)
     mc = model.config
     names = [mc.id2label[i] for i in range(mc.num_labels)]
