@@ -54,6 +54,10 @@ class SequenceMixer(nn.Module):
     #: sized by ``max_seq_len``; the constructor then takes ``is_data_dependent`` and ``max_seq_len``).
     #: Default: data-dependent only.
     forms: tuple[str, ...] = ("sam",)
+    #: True when the mixer has ``stream(u, segment_len, out=None, *, prepare=None, finish=None)``:
+    #: ``forward(u)`` computed segment by segment in working memory that does not grow with L (see
+    #: :meth:`Hydra.stream`). The models' ``stream_hidden_states`` needs it in every block.
+    can_stream: bool = False
 
     @classmethod
     def keyword_options(cls) -> set[str] | None:
