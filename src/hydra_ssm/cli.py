@@ -3,7 +3,7 @@
     hydra-ssm train       pretrain / fine-tune (default: Hydra vs attention MLM on the interpreter's own text)
     hydra-ssm compare     the same for a list of mixers and tasks
     hydra-ssm evaluate    evaluate a saved model on its task's validation data
-    hydra-ssm bench | bench-mixers | plot   benchmark and plotting scripts
+    hydra-ssm bench | bench-mixers | bench-stream | plot   benchmark and plotting scripts
 
 Bad options and bad data stop with one line on stderr (exit status 2) before
 any training starts.
@@ -22,6 +22,7 @@ PROG = "hydra-ssm"
 PASSTHROUGH = {
     "bench": ("hydra_ssm.bench.hydra", "benchmark the Hydra layer (hydra_ssm.bench.hydra)"),
     "bench-mixers": ("hydra_ssm.bench.mixers", "benchmark the matrix-mixer family (hydra_ssm.bench.mixers)"),
+    "bench-stream": ("hydra_ssm.bench.stream", "working memory of Hydra.stream against L (hydra_ssm.bench.stream)"),
     "plot": ("hydra_ssm.plot", "plots from benchmark/training outputs (hydra_ssm.plot)"),
 }
 
