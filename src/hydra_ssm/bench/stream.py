@@ -138,6 +138,8 @@ def state_bytes(spec: dict) -> int:
 def fmt_mb(x):
     if x is None:
         return "—"
+    if x < 2**20:
+        return f"{x / 2**10:.0f} KB"
     return f"{x / 2**20:.1f} MB" if x < 10 * 2**20 else f"{x / 2**20:.0f} MB" if x < 2**30 else f"{x / 2**30:.2f} GB"
 
 

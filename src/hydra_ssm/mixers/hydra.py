@@ -318,8 +318,17 @@ class Hydra(SequenceMixer):
             seg = self.segment(rows if prepare is None else prepare(rows), start - lo, hi - stop)
             return seg, rows[:, start - lo:start - lo + stop - start]
 
-        entering = entering_states([self.segment_summary(segment_at(start, None)[0]) for start in starts],
-                                   self.initial_entering())
+        # every segment's summary goes into one block, allocated once: small tensors kept from one segment to
+        # the next would sit between the segments' large temporaries and fragment the heap (memory growing with L)
+        summaries = None
+        for index, start in enumerate(starts):
+            summary = self.segment_summary(segment_at(start, None)[0])
+            if summaries is None:
+                summaries = SegmentSummary(*(t.new_empty(len(starts), *t.shape) for t in summary))
+            for block, part in zip(summaries, summary):
+                block[index] = part
+        entering = entering_states([SegmentSummary(*(block[index] for block in summaries))
+                                    for index in range(len(starts))], self.initial_entering())
         # the last rows of u before the current segment, copied before out (possibly u) overwrites them
         rows_before = u.new_empty(batch, 0, self.d_model, device=weight.device)
         for start, ent in zip(starts, entering):
