@@ -48,3 +48,24 @@ print(json.dumps({{"type": type(model).__name__, "same_buffer": hidden is out,
     assert got["scale"] > 0.5 and got["error"] < 1e-5 * got["scale"], got
     assert got["mean_error"] < 1e-5 * got["scale"], got
     assert os.path.getsize(tmp_path / "hidden.bin") == 5000 * 32 * 4
+
+
+def test_bench_stream_prints_a_table_with_the_difference_to_forward(capsys, tmp_path):
+    from hydra_ssm.cli import main
+
+    assert main(["bench-stream", "--lengths", "3000", "--segment-len", "1024", "--d-model", "32", "--d-state", "8",
+                 "--headdim", "16", "--threads", "1", "--dir", str(tmp_path), "--output", str(tmp_path / "t.md")]) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 3000 ")]
+    assert len(row) == 1, row
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    assert cells[1] == "1024" and cells[2].endswith("MB") and "/" in cells[4], cells
+    assert float(cells[5].split()[0]) < 1e-5, cells  # max abs difference to forward
+    assert sorted(os.listdir(tmp_path)) == ["t.md"]  # the mapped input and output files are gone
+
+
+def test_bench_stream_refuses_bad_options(capsys):
+    from hydra_ssm.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench-stream", "--segment-len", "0"])
+    assert exit_.value.code == 2 and "--segment-len must be positive" in capsys.readouterr().err

@@ -183,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dir is not None and not os.path.isdir(args.dir):
         parser.error(f"--dir {args.dir!r} is not a directory")
 
+    torch.set_num_threads(args.threads)  # the workers' setting, as the machine line reports it
     machine = machine_description()
     setup = (f"Hydra layer d_model {args.d_model}, d_state {args.d_state}, headdim {args.headdim}, expand 2, "
              f"chunk_size {args.chunk_size}; batch {args.batch}; float32; segment_len {args.segment_len}; "
