@@ -3,8 +3,8 @@
     hydra-ssm train       pretrain / fine-tune (default: Hydra vs attention MLM on the interpreter's own text)
     hydra-ssm compare     the same for a list of mixers and tasks
     hydra-ssm evaluate    evaluate a saved model on its task's validation data
-    hydra-ssm bench | bench-mixers | bench-packing | bench-context-parallel | plot
-                                                     benchmark and plotting scripts
+    hydra-ssm bench | bench-mixers | bench-packing | bench-stream | bench-context-parallel | plot
+                          benchmark and plotting scripts
 
 Bad options and bad data stop with one line on stderr (exit status 2) before
 any training starts.
@@ -27,6 +27,7 @@ PASSTHROUGH = {
                                                  "(hydra_ssm.bench.packing)"),
     "bench-context-parallel": ("hydra_ssm.bench.context_parallel", "benchmark one Hydra layer split over 1, 2, 4 "
                                "processes: time, memory per rank, bytes exchanged (hydra_ssm.bench.context_parallel)"),
+    "bench-stream": ("hydra_ssm.bench.stream", "working memory of Hydra.stream against L (hydra_ssm.bench.stream)"),
     "plot": ("hydra_ssm.plot", "plots from benchmark/training outputs (hydra_ssm.plot)"),
 }
 

@@ -32,6 +32,25 @@ def test_stream_equals_forward(length, segment_len, d_conv, chunk_size, learned,
     torch.testing.assert_close(out, whole, rtol=1e-10, atol=1e-12)
 
 
+@settings(deadline=None, max_examples=25)
+@given(length=st.integers(1, 30), segment_len=st.integers(1, 35), d_conv=st.sampled_from([1, 3, 7]),
+       learned=st.booleans())
+def test_stream_in_place_with_a_block_around_the_layer(length, segment_len, d_conv, learned):
+    """out=u overwrites rows that later segments' windows read; prepare and finish act per position."""
+    m = layer(d_conv, 4, learned)
+    norm = torch.nn.LayerNorm(16).double()
+    torch.nn.init.normal_(norm.weight)
+    u = torch.randn(2, length, 16, dtype=torch.float64)
+    with torch.no_grad():
+        want = torch.tanh(u + m(norm(u)))
+    buffer = u.clone()
+    assert m.stream(buffer, segment_len, out=buffer, prepare=norm, finish=lambda rows, y: torch.tanh(rows + y)) \
+        is buffer
+    torch.testing.assert_close(buffer, want, rtol=1e-10, atol=1e-12)
+    alone = u.clone()
+    torch.testing.assert_close(m.stream(alone, segment_len, out=alone), m(u).detach(), rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("cuts", [[0, 9, 20], [0, 1, 2, 17, 20], [0, 20]])
 def test_segment_gradients_equal_forward(cuts):
     """Segments computed together under autograd give forward's gradients (what context parallelism relies on)."""

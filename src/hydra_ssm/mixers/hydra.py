@@ -104,6 +104,7 @@ class Hydra(SequenceMixer):
 
     position_aware = True  # the scan orders the tokens
     context_parallel = True  # forward(u_shard, context_parallel_group=group): exact over shards of the sequence
+    can_stream = True  # Hydra.stream
 
     def __init__(
         self,
@@ -325,7 +326,8 @@ class Hydra(SequenceMixer):
         return self.segment_output(seg, entering[layout.rank])
 
     @torch.no_grad()
-    def stream(self, u: torch.Tensor, segment_len: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    def stream(self, u: torch.Tensor, segment_len: int, out: torch.Tensor | None = None, *,
+               prepare=None, finish=None) -> torch.Tensor:
         """``forward(u)`` computed ``segment_len`` positions at a time, for sequences too long to hold.
 
         Two passes over u: the first computes every segment's summary (the states it hands on), which
@@ -334,7 +336,15 @@ class Hydra(SequenceMixer):
         segment, whatever L is. u may live elsewhere than the layer (a memory-mapped CPU tensor for a
         GPU layer, say): segments are moved to the layer's device one at a time, and outputs are
         written into ``out`` (B, L, d_model) when given (a memory-mapped tensor, say), else into a new
-        tensor on u's device. Inference only (no autograd); no attention mask (whole sequences).
+        tensor on u's device. ``out`` may be u itself: the rows of u that a later segment still reads
+        are kept aside before they are overwritten. Inference only (no autograd); no attention mask
+        (whole sequences).
+
+        A block around the layer can run in the same two passes (``HydraModel.stream_hidden_states``):
+        ``prepare(rows)`` maps rows of u (B, n, d_model) to the layer's input (a LayerNorm, say), and
+        ``finish(rows, y)`` gives what is written at a segment's positions from u's rows there and the
+        layer's output y (B, n, d_model) (a residual, norm and MLP, say). Both must act on each position
+        alone. Default: the layer reads u and its output is written.
         """
         check_positive_ints(segment_len=segment_len)
         check_sequence_input(u, self.d_model, check_finite=False)
@@ -349,18 +359,38 @@ class Hydra(SequenceMixer):
                              f"{tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__}")
         starts = range(0, length, segment_len)
 
-        def segment_at(start):
+        def segment_at(start, rows_before):
+            """The segment at ``start`` and its rows of u; ``rows_before`` (None: read from u) are the
+            rows of u before ``start`` that its window reads (at most ``halo``)."""
             stop = min(start + segment_len, length)
             lo, hi = max(0, start - self.halo), min(length, stop + self.halo)
-            window = u[:, lo:hi].to(weight.device)
-            if not bool(torch.isfinite(window).all()):
-                raise ValueError(f"u contains NaN or infinite values (positions {lo} to {hi - 1})")
-            return self.segment(window, start - lo, hi - stop)
+            if rows_before is None:  # the first pass, which reads every row of u and checks it
+                rows = u[:, lo:hi].to(weight.device)
+                if not bool(torch.isfinite(rows).all()):
+                    raise ValueError(f"u contains NaN or infinite values (positions {lo} to {hi - 1})")
+            else:
+                rows = torch.cat([rows_before, u[:, start:hi].to(weight.device)], 1)
+            seg = self.segment(rows if prepare is None else prepare(rows), start - lo, hi - stop)
+            return seg, rows[:, start - lo:start - lo + stop - start]
 
-        entering = entering_states([self.segment_summary(segment_at(start)) for start in starts],
-                                   self.initial_entering())
+        # every segment's summary goes into one block, allocated once: small tensors kept from one segment to
+        # the next would sit between the segments' large temporaries and fragment the heap (memory growing with L)
+        summaries = None
+        for index, start in enumerate(starts):
+            summary = self.segment_summary(segment_at(start, None)[0])
+            if summaries is None:
+                summaries = SegmentSummary(*(t.new_empty(len(starts), *t.shape) for t in summary))
+            for block, part in zip(summaries, summary):
+                block[index] = part
+        entering = entering_states([SegmentSummary(*(block[index] for block in summaries))
+                                    for index in range(len(starts))], self.initial_entering())
+        # the last rows of u before the current segment, copied before out (possibly u) overwrites them
+        rows_before = u.new_empty(batch, 0, self.d_model, device=weight.device)
         for start, ent in zip(starts, entering):
-            out[:, start:start + segment_len] = self.segment_output(segment_at(start), ent).to(out.device)
+            seg, rows = segment_at(start, rows_before)
+            y = self.segment_output(seg, ent)
+            rows_before = torch.cat([rows_before, rows], 1)[:, -self.halo:].clone()
+            out[:, start:start + segment_len] = (y if finish is None else finish(rows, y)).to(out.device)
         return out
 
     def materialize(self, u: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -62,6 +62,10 @@ class SequenceMixer(nn.Module):
     #: split over the ranks of a ``torch.distributed`` group (context parallelism; see
     #: ``hydra_ssm.mixers.context_parallel``). Models refuse a group for mixers that leave it False.
     context_parallel: bool = False
+    #: True when the mixer has ``stream(u, segment_len, out=None, *, prepare=None, finish=None)``:
+    #: ``forward(u)`` computed segment by segment in working memory that does not grow with L (see
+    #: :meth:`Hydra.stream`). The models' ``stream_hidden_states`` needs it in every block.
+    can_stream: bool = False
 
     @classmethod
     def keyword_options(cls) -> set[str] | None:

@@ -47,6 +47,7 @@ from ..mixers import build_mixer
 from ..ops._shapes import check_cu_seqlens
 from ..mixers.context_parallel import check_group, shard_layout
 from .configuration_hydra import HydraConfig, HydraVisionConfig
+from .streaming import mean_over_positions, stream_hidden_states
 
 logger = logging.get_logger(__name__)
 
@@ -282,16 +283,27 @@ class HydraBlock(nn.Module):
                 cu_seqlens: torch.Tensor | None = None, context_parallel_group=None) -> torch.Tensor:
         """``cu_seqlens``: the (n + 1,) offsets of a packed row (1, total, D), or None;
         ``context_parallel_group``: this rank holds a shard of the sequences (see HydraModel)."""
+        mixer_input = self.norm(hidden_states) if self.is_prenorm else hidden_states
+        return self._combine(hidden_states, self._mix(mixer_input, mask, cu_seqlens, context_parallel_group))
+
+    def _combine(self, hidden_states: torch.Tensor, mixed: torch.Tensor) -> torch.Tensor:
+        """The block's output from its input and the mixer's output (both (B, L, D)): residuals, norms, MLP."""
         h = hidden_states
         if self.is_prenorm:
-            h = h + self._mix(self.norm(h), mask, cu_seqlens, context_parallel_group)
+            h = h + mixed
             if self.mlp is not None:
                 h = h + self.mlp(self.mlp_norm(h))
         else:
-            h = self.norm(h + self._mix(h, mask, cu_seqlens, context_parallel_group))
+            h = self.norm(h + mixed)
             if self.mlp is not None:
                 h = self.mlp_norm(h + self.mlp(h))
         return h
+
+    def stream(self, hidden_states: torch.Tensor, segment_len: int) -> torch.Tensor:
+        """``forward(hidden_states)`` written over ``hidden_states`` (B, L, D), ``segment_len`` positions at a
+        time, by the mixer's ``stream`` (a mixer with ``can_stream``); the norms and the MLP act per token."""
+        return self.mixer.stream(hidden_states, segment_len, out=hidden_states,
+                                 prepare=self.norm if self.is_prenorm else None, finish=self._combine)
 
 
 # ---------------------------------------------------------------------------- 3. encoder
@@ -576,6 +588,32 @@ class HydraModel(HydraPreTrainedModel):
         out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled, hidden_states=all_hidden)
         return out if return_dict else out.to_tuple()
 
+    @torch.no_grad()
+    def stream_hidden_states(self, input_ids: torch.Tensor, segment_len: int, *,
+                             token_type_ids: torch.Tensor | None = None, out: torch.Tensor | None = None):
+        """``self(input_ids, token_type_ids=token_type_ids).last_hidden_state`` for sequences too long to
+        hold in memory: (B, L, hidden_size), computed ``segment_len`` positions at a time.
+
+        The embeddings, then each block, then the final norm run over one (B, L, hidden_size) buffer in
+        place: ``out`` when given (a memory-mapped tensor from ``torch.from_file(path, shared=True, ...)``,
+        say), else a new tensor on input_ids' device. Besides that buffer, working memory is that of one
+        segment plus a few (B, H, P, N) states per segment, whatever L is (``Hydra.stream``). input_ids
+        may live on another device than the model (the CPU for a model on a GPU): segments are moved
+        one at a time. Position embeddings, if any, read the global positions 0 .. L-1.
+
+        Every block's mixer must stream (``can_stream``: Hydra); the model must be in eval mode (no
+        dropout); no attention mask (whole sequences); inference only (no autograd).
+        """
+        return stream_hidden_states(self, input_ids, segment_len, token_type_ids=token_type_ids, out=out)
+
+    @torch.no_grad()
+    def stream_mean_embedding(self, input_ids: torch.Tensor, segment_len: int, *,
+                              token_type_ids: torch.Tensor | None = None, out: torch.Tensor | None = None):
+        """The mean over positions of :meth:`stream_hidden_states`: (B, hidden_size), one vector per
+        sequence, summed in float64 segment by segment. ``out`` is the hidden-state buffer, as there."""
+        hidden = self.stream_hidden_states(input_ids, segment_len, token_type_ids=token_type_ids, out=out)
+        return mean_over_positions(hidden, segment_len)
+
 
 # ---------------------------------------------------------------------------- 6. text heads
 class HydraLMHead(nn.Module):
@@ -609,6 +647,14 @@ class HydraForMaskedLM(HydraPreTrainedModel):
 
     def set_output_embeddings(self, new_embeddings):
         self.lm_head.decoder = new_embeddings
+
+    def stream_hidden_states(self, input_ids, segment_len, *, token_type_ids=None, out=None):
+        """The encoder's last hidden state, segment by segment: :meth:`HydraModel.stream_hidden_states`."""
+        return self.hydra.stream_hidden_states(input_ids, segment_len, token_type_ids=token_type_ids, out=out)
+
+    def stream_mean_embedding(self, input_ids, segment_len, *, token_type_ids=None, out=None):
+        """Its mean over positions: :meth:`HydraModel.stream_mean_embedding`."""
+        return self.hydra.stream_mean_embedding(input_ids, segment_len, token_type_ids=token_type_ids, out=out)
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, inputs_embeds=None,
                 labels=None, output_attentions=None, output_hidden_states=None, return_dict=None, cu_seq_lens_q=None,

@@ -158,12 +158,16 @@ def entering_state_readout(dt_fwd, dt_bwd, A, C_fwd_read, C_bwd_read, state_fwd_
     cdt = compute_dtype(dt_fwd, dt_bwd, A, C_fwd_read, C_bwd_read, state_fwd_in, state_bwd_in)
     rate = A.to(cdt)
 
-    y = 0
+    g = C_fwd_read.shape[2]
+    y = None
     for dt, C, state, reverse in ((dt_fwd, C_fwd_read, state_fwd_in, False), (dt_bwd, C_bwd_read, state_bwd_in, True)):
         if state is None:
             continue
         # decay from the cut to position i: the positions before i (forward) or after i (backward)
         log_a = (dt.to(cdt) * rate).transpose(1, 2)  # (B, H, n)
         decay = torch.exp(exclusive_cumsum(log_a, reverse=reverse)).transpose(1, 2)  # (B, n, H)
-        y = y + torch.einsum("blhn,bhpn->blhp", expand_groups(C.to(cdt), h) * decay.unsqueeze(-1), state.to(cdt))
+        # C . state for all the heads of a group in one matmul (head h reads group h // (H/G): a group's heads are consecutive)
+        per_group = state.to(cdt).reshape(b, g, h // g, p, d)
+        read = torch.einsum("blgn,bgkpn->blgkp", C.to(cdt), per_group).reshape(b, n, h, p)
+        y = read * decay.unsqueeze(-1) if y is None else torch.addcmul(y, read, decay.unsqueeze(-1))
     return y
