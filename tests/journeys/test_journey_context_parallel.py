@@ -62,7 +62,8 @@ def test_two_processes_split_each_sequence_and_follow_the_single_process_run(cor
     assert len(a_train) == len(b_train) == 6 and len(a_eval) == len(b_eval) == 2
     for (s1, a), (s2, b) in zip(a_train + a_eval, b_train + b_eval):
         assert s1 == s2 and abs(a - b) <= 1e-5 * max(1.0, abs(a)), (s1, a, b)
-    assert abs(a_train[0][1] - a_train[-1][1]) > 0.05  # the curve moved: not two constant sequences
+    values = [a for _, a in a_train]
+    assert max(values) - min(values) > 1e-3  # the curve moved: not two constant sequences
 
     # the saved model is an ordinary one: the same weights as the single-process run's, to float rounding
     from safetensors.torch import load_file

@@ -453,7 +453,7 @@ class HydraModel(HydraPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, packing):
+    def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, packing=None):
         """ValueErrors naming the argument, before any computation; returns the attention mask as a bool
         tensor on the inputs' device (or None) and the offsets of a packed row (a list, or None; see
         :func:`packed_offsets`, given the ``packing`` arguments). The range checks read the values (a
@@ -493,7 +493,7 @@ class HydraModel(HydraPreTrainedModel):
             check_index_tensor("position_ids", position_ids.reshape(-1, shape[1]))
         # a mask with padding: position_ids are positions (they repeat 0 on left padding), not sequence starts
         padded = mask is not None and not tracing() and not bool(mask.all())
-        offsets = packed_offsets(shape, None if padded else position_ids, **packing)
+        offsets = packed_offsets(shape, None if padded else position_ids, **(packing or {}))
         if offsets is not None and padded:
             raise ValueError("attention_mask marks padding but the batch is packed (cu_seq_lens_q / seq_idx): a "
                              "packed row has no padding; pass no attention_mask (or all ones)")
