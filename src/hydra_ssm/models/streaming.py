@@ -42,7 +42,7 @@ def stream_hidden_states(model, input_ids: torch.Tensor, segment_len: int, *, to
     :meth:`HydraModel.stream_hidden_states`). Every argument is checked before any computation."""
     check_positive_ints(segment_len=segment_len)
     check_streamable(model)
-    model._check_inputs(input_ids, None, token_type_ids, None, None)  # ids and token types, as forward does
+    model._check_inputs(input_ids, None, token_type_ids, None, None, {})  # ids and token types, as forward does
     embeddings = model.embeddings
     batch, length = input_ids.shape
     positions = embeddings.position_embeddings

@@ -34,9 +34,14 @@ checked before any computation (details in ``_shapes``):
 * ``dt`` must be >= 0 (``ValueError``); dt = 0 skips a position, exactly,
   gradients included;
 * batch 0 or length 0 give an empty output of the right shape, with gradients;
-* the quasiseparable scans take packed batches: ``cu_seqlens`` (n + 1,) integer
-  offsets of n sequences back to back in one row (1, total, ...); each is mixed
-  as if it were alone (``quasiseparable_ref`` then loops over the sequences);
+* every scan above takes packed batches, the causal SSD's
+  (:func:`semiseparable_chunked`, :func:`semiseparable_ref`) and Hydra's
+  (``quasiseparable_*``) alike (not :func:`semiseparable_loop`): ``cu_seqlens``
+  (n + 1,) integer offsets of n sequences back to back in one row (1, total, ...);
+  each is mixed as if it were alone, the initial states entering every one. The
+  chunked scans run them all in one scan (``quasiseparable_two_pass``: two causal
+  ones), the references and ``quasiseparable_minimal`` loop over the sequences.
+  The causal SSD's final states are then one per sequence, (n, H, P, N);
 * NaN and inf are not looked for: they propagate. The ops are pure functions and
   a check would cost a pass and a host synchronisation per call; the layers in
   ``hydra_ssm.mixers`` check what they are given.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from itertools import accumulate
+
 import torch
 import torch.nn.functional as F
 
@@ -47,6 +49,10 @@ class PackedLayout:
     Fields: ``index`` (total,) int64, the spaced-out position of each packed
     one; ``length``, the spaced-out length; ``starts``, the spaced-out start of
     every non-empty sequence, and ``lengths`` those sequences' lengths.
+
+    With ``align`` the chunk size of a scan and ``gap`` 0, no chunk holds two
+    sequences: the scans then restart their carries at :meth:`first_chunks`
+    (left to right) or :meth:`last_chunks` (right to left).
     """
 
     def __init__(self, lengths: list[int], align: int, gap: int, device=None):
@@ -58,8 +64,16 @@ class PackedLayout:
             nonempty.append(n)
             pieces.append(torch.arange(at, at + n, device=device))
             at += num_chunks(n + gap, align) * align
-        self.starts, self.lengths, self.length = starts, nonempty, at
+        self.starts, self.lengths, self.length, self.align = starts, nonempty, at, align
         self.index = torch.cat(pieces) if pieces else torch.zeros(0, dtype=torch.long, device=device)
+
+    def first_chunks(self) -> set[int]:
+        """The chunks of ``align`` positions where the non-empty sequences start."""
+        return {s // self.align for s in self.starts}
+
+    def last_chunks(self) -> set[int]:
+        """The chunks of ``align`` positions where the non-empty sequences end."""
+        return {(s + n - 1) // self.align for s, n in zip(self.starts, self.lengths)}
 
     def scatter(self, t: torch.Tensor) -> torch.Tensor:
         """(1, total, *rest) -> (1, length, *rest), zero on the empty positions (differentiable)."""
@@ -69,3 +83,9 @@ class PackedLayout:
     def gather(self, t: torch.Tensor) -> torch.Tensor:
         """(1, length, *rest) -> (1, total, *rest): the inverse of :meth:`scatter` on the occupied positions."""
         return t.index_select(1, self.index)
+
+
+def sequence_slices(lengths: list[int]) -> list[slice]:
+    """The packed positions of every sequence of ``lengths`` (empty ones included), in order."""
+    ends = list(accumulate(lengths, initial=0))
+    return [slice(a, b) for a, b in zip(ends[:-1], ends[1:])]

@@ -16,7 +16,7 @@ computation:
   exporting or tracing (the values are not known then);
 * empty inputs: batch 0 or length 0 give an empty output of the right shape, and
   gradients (zeros, of every input's shape);
-* packed batches (Hydra's ``cu_seqlens``, :func:`check_cu_seqlens`): a 1-D integer
+* packed batches (``cu_seqlens``, :func:`check_cu_seqlens`): a 1-D integer
   tensor of offsets (n + 1,) starting at 0, non-decreasing (empty sequences are
   allowed and give nothing), ending at the packed length; the inputs then have
   batch 1. Reading the offsets is one host synchronisation; packed batches cannot

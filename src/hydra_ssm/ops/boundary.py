@@ -38,6 +38,9 @@ Every exponent is a running sum of the log-decays it spans (never a difference o
 two long sums), so float32 stays accurate at any segment length. States are laid
 out (B, H, P, N), as the scans' ``initial_states``. Everything is plain
 differentiable torch: gradients reach the summaries' inputs through autograd.
+What autograd keeps for backward beyond the inputs is small: the summary's
+weighted sums are recomputed in backward (``torch.utils.checkpoint``), and the
+readout keeps one (B, n, H, P) product per direction, the size of its output.
 """
 
 from __future__ import annotations
@@ -45,8 +48,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
-from ._shapes import check_ssm_args, check_state, check_tensor, compute_dtype, expand_groups
+from ._shapes import check_ssm_args, check_state, check_tensor, compute_dtype
 from .minimal import exclusive_cumsum
 
 
@@ -84,7 +88,9 @@ def segment_summary(x, dt_fwd, dt_bwd, A, B_fwd, B_bwd) -> SegmentSummary:
         log_a = dt.to(cdt) * rate  # (B, n, H)
         # decay from position j to the segment's far end: the positions after j (forward) or before j (backward)
         weight = torch.exp(exclusive_cumsum(log_a.transpose(1, 2), reverse=not reverse)).transpose(1, 2) * dt.to(cdt)
-        state = torch.einsum("blhn,blhp->bhpn", expand_groups(B.to(cdt), h) * weight.unsqueeze(-1), x)
+        # recomputed in backward: autograd keeps x, B (the scans keep them anyway) and the (B, n, H) weight,
+        # not a (B, n, H, P) product per direction that would be alive through the whole backward pass
+        state = checkpoint(_weighted_outer_sum, x, weight, B.to(cdt), use_reentrant=False, preserve_rng_state=False)
         return state, log_a.sum(1)
 
     state_fwd, decay_fwd = handed_on(dt_fwd, B_fwd, reverse=False)
@@ -171,3 +177,21 @@ def entering_state_readout(dt_fwd, dt_bwd, A, C_fwd_read, C_bwd_read, state_fwd_
         read = torch.einsum("blgn,bgkpn->blgkp", C.to(cdt), per_group).reshape(b, n, h, p)
         y = read * decay.unsqueeze(-1) if y is None else torch.addcmul(y, read, decay.unsqueeze(-1))
     return y
+
+
+def _weighted_outer_sum(x, weight, B):
+    """sum_j weight[j] x[j] B[j]^T per head: x (b, n, H, P), weight (b, n, H), B (b, n, G, N) -> (b, H, P, N).
+
+    One matmul per batch and group over the n positions, (K P x n) by (n x N) with K = H/G heads
+    per group, so B is never copied per head. The weight is folded into x, making one (b, n, H, P)
+    product, or into B (per head) where that is smaller: when G = H and N < P.
+    """
+    b, n, h, p = x.shape
+    g, d = B.shape[2], B.shape[3]
+    if g == h and d < p:
+        B = B * weight.unsqueeze(-1)
+    else:
+        x = x * weight.unsqueeze(-1)
+    # (b, G, K P, n) @ (b, G, n, N): head h = group h // K, its K heads consecutive in x's head axis
+    by_group = x.reshape(b, n, g, (h // g) * p).permute(0, 2, 3, 1)
+    return (by_group @ B.transpose(1, 2)).reshape(b, h, p, d)

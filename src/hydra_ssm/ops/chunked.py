@@ -33,8 +33,10 @@ Q x Q temporaries stay small, are reused, and memory stays O(L):
 2. the carries (a short loop over chunks, in place: S becomes the entering state);
    the state entering a *reset* chunk is the initial state (or zero) instead: the
    first chunk visited, and for a packed batch laid out with every sequence
-   starting on a chunk (``quasiseparable.py``) each sequence's first (forward) or
-   last (backward) chunk, so no state crosses a sequence boundary;
+   starting on a chunk (``quasiseparable.py``, ``semiseparable.py``) each
+   sequence's first (forward) or last (backward) chunk, so no state crosses a
+   sequence boundary; the state leaving the last chunk before each reset (and
+   the last chunk visited) is a final state, one per sequence;
 3. outputs, slab by slab: the diagonal blocks of both directions summed into
    one matrix and applied with one matmul, plus C . (entering state). For
    Hydra the two strict triangles are disjoint, so the block is built as one
@@ -290,19 +292,23 @@ def _visit_order(nchunks: int, lower: bool) -> range:
 
 
 def _carry_in_place(S, T, init, lower: bool, resets: frozenset):
-    """Turn chunk states S into the state entering each chunk, in place; return the last state.
+    """Turn chunk states S into the state entering each chunk, in place; return the final states.
 
-    The state entering a chunk of ``resets`` is ``init`` (zero when None) instead of the carry."""
+    The state entering a chunk of ``resets`` is ``init`` (zero when None) instead of the carry.
+    The resets cut the chunks, in visit order, into runs (the first chunk visited starts one);
+    returns the state leaving the last chunk of every run, in visit order: (runs, b, H, N, P)."""
     decay = torch.exp(T).to(S.dtype)[..., None, None]  # (c, b, H, 1, 1)
     start = torch.zeros_like(S[0]) if init is None else init
-    state = start
-    for ci in _visit_order(S.shape[0], lower):
-        if ci in resets:
+    state, finals = start, []
+    for n, ci in enumerate(_visit_order(S.shape[0], lower)):
+        if ci in resets and n > 0:
+            finals.append(state)
             state = start
         leaving = torch.addcmul(S[ci], decay[ci], state)
         S[ci].copy_(state)
         state = leaving
-    return state
+    finals.append(state)
+    return torch.stack(finals)
 
 
 class _ChunkScan(torch.autograd.Function):
@@ -465,16 +471,21 @@ def _states_backward(d, t: DirectionTensors, resets: frozenset, dfinal, x, dy, d
         _bmm_into(dS[sl], _per_head(t.C[sl], torch.exp(t.r[sl]).to(x.dtype)).transpose(-1, -2), dy[sl], False)
     # reverse of the carry, in place: dS becomes the gradient w.r.t. each chunk's state S;
     # the carry stops at every reset chunk, whose entering state is the initial one: what
-    # reaches it there is added to the initial state's gradient (the first chunk visited is one)
+    # reaches it there is added to the initial state's gradient (the first chunk visited is one),
+    # and the chunk visited before it, the last of the run before, leaves that run's final state
     decay = torch.exp(t.T).to(x.dtype)[..., None, None]
-    state_grad = torch.zeros_like(ent[0]) if dfinal is None else dfinal
+    if dfinal is None:
+        dfinal = ent.new_zeros(len(resets), *ent.shape[1:])
+    run = len(resets) - 1  # the runs in visit order (see _carry_in_place), the last one first
+    state_grad = dfinal[run]
     init_grad = torch.zeros_like(ent[0])
     for ci in reversed(_visit_order(c, d.lower)):
         to_prev = torch.addcmul(dS[ci], decay[ci], state_grad)
         dS[ci].copy_(state_grad)
         if ci in resets:
             init_grad += to_prev
-            state_grad = torch.zeros_like(to_prev)
+            run -= 1
+            state_grad = dfinal[max(run, 0)]  # (run -1: the first chunk visited, the loop's last step)
         else:
             state_grad = to_prev
     grad = DirectionTensors(C=torch.zeros_like(t.C), B=torch.zeros_like(t.B), dt=torch.zeros_like(t.dt),
@@ -511,14 +522,18 @@ def chunk_scan(dirs, x, chunk_size, tensors: list[DirectionTensors], resets=None
     layout. ``resets``: per direction, the chunks whose entering state is the
     initial state (or zero) instead of the carry from the chunk visited before:
     the starts of the sequences of a packed batch laid out so that no chunk holds
-    two of them. None: the first chunk visited only (one sequence). Returns
-    (y (b, L, H, P), [final state per direction]) with states in (b, H, N, P).
+    two of them. The first chunk visited is always one; None: that one only (one
+    sequence). The resets cut a direction's chunks into runs (its sequences).
+    Returns (y (b, L, H, P), [final states per direction]), the final states of a
+    direction (runs, b, H, N, P): the state leaving each run, in visit order.
     """
     if len(dirs) != 1 and not _is_bidirectional(dirs):
         raise ValueError(f"chunk_scan runs one direction or a strict (lower, upper) pair, got {dirs}")
     nchunks = -(-x.shape[1] // chunk_size)
     if resets is None:
-        resets = [{_visit_order(nchunks, d.lower)[0]} if nchunks else set() for d in dirs]
-    resets = tuple(frozenset(r) for r in resets)
+        resets = [set() for _ in dirs]
+    # the first chunk visited always starts a run
+    resets = tuple(frozenset(r) | ({_visit_order(nchunks, d.lower)[0]} if nchunks else frozenset())
+                   for r, d in zip(resets, dirs))
     y, *finals = _ChunkScan.apply(tuple(dirs), chunk_size, resets, x, *_flatten(tensors))
     return y, finals

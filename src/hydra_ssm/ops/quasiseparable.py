@@ -14,21 +14,19 @@ Packed batches (``cu_seqlens``, offsets (n + 1,) as in flash-attention): the
 inputs are one row (1, total, ...) holding n sequences back to back, and every
 sequence is mixed as if it were alone: neither direction, nor the readout shift,
 crosses a boundary; initial states enter every sequence. The fused path runs them
-in one scan (see :func:`quasiseparable_chunked`), the two-pass path one sequence
-at a time.
+in one scan (see :func:`quasiseparable_chunked`), the two-pass path in two packed
+causal scans (``semiseparable_chunked`` takes ``cu_seqlens`` too).
 """
 
 from __future__ import annotations
 
-from itertools import accumulate
-
 import torch
 import torch.nn.functional as F
 
-from ._layout import PackedLayout, check_chunk_size, to_chunks
+from ._layout import PackedLayout, check_chunk_size, sequence_slices, to_chunks
 from ._shapes import check_cu_seqlens, check_hydra_args, compute_dtype
 from .chunked import Direction, DirectionTensors, chunk_scan, log_decays
-from .reference import per_sequence, quasiseparable_ref
+from .reference import quasiseparable_ref
 from .semiseparable import semiseparable_chunked
 
 FORWARD = Direction(lower=True, strict=True)
@@ -43,8 +41,14 @@ def _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, init
     return sizes, states, lengths
 
 
+def _sequence_ends(lengths: list[int]) -> tuple[list[int], list[int]]:
+    """The packed positions of the first and of the last element of every non-empty sequence."""
+    parts = [part for part in sequence_slices(lengths) if part.stop > part.start]
+    return [part.start for part in parts], [part.stop - 1 for part in parts]
+
+
 def _zero_at(positions: list[int], t):
-    """(L, 1, 1) of t's dtype: 1 along L but 0 at ``positions`` (t: (1, L, G, N))."""
+    """(L, 1, 1) of t's dtype: 1 along L but 0 at ``positions`` (t: (1, L, ...))."""
     keep = torch.ones(t.shape[1], dtype=t.dtype, device=t.device)
     return keep.index_fill(0, torch.tensor(positions, dtype=torch.long, device=t.device), 0)[:, None, None]
 
@@ -101,14 +105,14 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
     values, layout, resets = x, None, None
     if len(lengths) > 1:
         # ... never across a boundary: a sequence's first output reads no C_f, its last one no C_b
-        offsets = list(accumulate(lengths, initial=0))
-        C_fwd = C_fwd * _zero_at([offsets[i] for i, n in enumerate(lengths) if n], C_fwd)
-        C_bwd = C_bwd * _zero_at([offsets[i + 1] - 1 for i, n in enumerate(lengths) if n], C_bwd)
+        first, last = _sequence_ends(lengths)
+        C_fwd = C_fwd * _zero_at(first, C_fwd)
+        C_bwd = C_bwd * _zero_at(last, C_bwd)
         layout = PackedLayout(lengths, q, 0, x.device)
         values, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd = (
             layout.scatter(t) for t in (x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd))
         # the carry restarts at each sequence's first chunk (forward) and last chunk (backward)
-        resets = [{s // q for s in layout.starts}, {(s + n - 1) // q for s, n in zip(layout.starts, layout.lengths)}]
+        resets = [layout.first_chunks(), layout.last_chunks()]
 
     dts = [to_chunks(dt.unsqueeze(-1), q).squeeze(-1) for dt in (dt_fwd, dt_bwd)]  # (c, b, H, Q)
     decays = log_decays(dts, A, [FORWARD, BACKWARD], cdt)
@@ -132,16 +136,20 @@ def quasiseparable_two_pass(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=
                             initial_states=None, cu_seqlens=None):
     """The same mixer as :func:`quasiseparable_chunked`, computed as two causal
     scans: one on x, one on the flipped x (same arguments). A packed batch
-    (``cu_seqlens``) is run one sequence at a time."""
-    _, (s_fwd, s_bwd), lengths = _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size,
-                                        initial_states, cu_seqlens)
-    if lengths is not None:
-        return per_sequence(quasiseparable_two_pass, lengths, x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D,
-                            initial_states, chunk_size=chunk_size)
+    (``cu_seqlens``) is two packed causal scans too: the flipped row holds the
+    sequences reversed, in reverse order, and no shift crosses a boundary."""
+    (_, l, *_), (s_fwd, s_bwd), lengths = _check(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size,
+                                                 initial_states, cu_seqlens)
     cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, s_fwd, s_bwd)
     xf = x.to(cdt)
-    y_fwd = semiseparable_chunked(xf, dt_fwd, A, B_fwd, C_fwd, chunk_size, s_fwd)
     flip = lambda t: t.flip(1)  # noqa: E731
-    y_bwd = semiseparable_chunked(flip(xf), flip(dt_bwd), A, flip(B_bwd), flip(C_bwd), chunk_size, s_bwd)
-    y = _shift(y_fwd) + flip(_shift(y_bwd))
-    return _add_diag(y, xf, None if D is None else D.to(cdt)).to(x.dtype)
+    offsets_bwd = None if lengths is None else l - cu_seqlens.flip(0)  # the sequences of the flipped row
+    y_fwd = semiseparable_chunked(xf, dt_fwd, A, B_fwd, C_fwd, chunk_size, s_fwd, cu_seqlens=cu_seqlens)
+    y_bwd = semiseparable_chunked(flip(xf), flip(dt_bwd), A, flip(B_bwd), flip(C_bwd), chunk_size, s_bwd,
+                                  cu_seqlens=offsets_bwd)
+    y_fwd, y_bwd = _shift(y_fwd), flip(_shift(y_bwd))
+    if lengths is not None:
+        # a sequence's first output reads nothing from the left, its last nothing from the right
+        first, last = _sequence_ends(lengths)
+        y_fwd, y_bwd = y_fwd * _zero_at(first, y_fwd), y_bwd * _zero_at(last, y_bwd)
+    return _add_diag(y_fwd + y_bwd, xf, None if D is None else D.to(cdt)).to(x.dtype)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import torch
 
+from ._layout import sequence_slices
 from ._shapes import (check_cu_seqlens, check_D, check_hydra_args, check_ssm_args, check_state, check_step_sizes,
                       expand_groups)
 
@@ -43,11 +44,24 @@ def semiseparable_matrix(dt, A, B, C) -> torch.Tensor:
     return cb * decay * dt.transpose(1, 2)[:, :, None, :]
 
 
-def semiseparable_ref(x, dt, A, B, C, initial_states=None, return_final_states=False):
-    """Causal SSD applied through its explicit matrix; computed in float64."""
+def semiseparable_ref(x, dt, A, B, C, initial_states=None, return_final_states=False, cu_seqlens=None):
+    """Causal SSD applied through its explicit matrix; computed in float64.
+
+    ``cu_seqlens``: the (n + 1,) offsets of a packed batch (B = 1): each sequence is
+    run alone (a plain loop), the initial state entering every one; the final states
+    are then one per sequence, (n, H, P, N) (an empty sequence's: its initial state).
+    """
     b, l, h, p, g, n = check_ssm_args(x, dt, A, B, C)
     initial_states = check_state(initial_states, b, h, p, n, "initial_states", x.device)
     check_step_sizes(dt=dt)
+    if cu_seqlens is not None:
+        parts = [semiseparable_ref(x[:, s], dt[:, s], A, B[:, s], C[:, s], initial_states, True)
+                 for s in sequence_slices(check_cu_seqlens(cu_seqlens, b, l))]
+        if not parts:  # no sequence: the empty output, and no final state
+            y, final = semiseparable_ref(x, dt, A, B, C, initial_states, True)
+            return (y, final[:0]) if return_final_states else y
+        y = torch.cat([part[0] for part in parts], 1)
+        return (y, torch.cat([part[1] for part in parts])) if return_final_states else y
     out_dtype = x.dtype
     x, dt, A, B, C = (t.double() for t in (x, dt, A, B, C))
     M = semiseparable_matrix(dt, A, B, C)
@@ -115,11 +129,9 @@ def per_sequence(fn, lengths: list[int], x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_b
     """A packed batch (1, total, ...) of sequences of ``lengths``, mixed by ``fn`` one sequence at a
     time (each slice alone, the initial states entering every one), outputs concatenated: (1, total, H, P)."""
     per_token_D = D is not None and D.dim() == 3
-    outs, start = [], 0
-    for n in lengths:
-        part = slice(start, start + n)
-        start += n
-        if n == 0:
+    outs = []
+    for part in sequence_slices(lengths):
+        if part.start == part.stop:
             continue
         outs.append(fn(x[:, part], dt_fwd[:, part], dt_bwd[:, part], A, B_fwd[:, part], C_fwd[:, part],
                        B_bwd[:, part], C_bwd[:, part], D[:, part] if per_token_D else D, initial_states=initial_states,
