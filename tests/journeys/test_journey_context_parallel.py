@@ -2,10 +2,7 @@
 hydra-ssm train --context-parallel 2`` follows the single-process run's training and validation losses,
 writes checkpoints that resume exactly, and bad combinations stop with one line before training."""
 
-import json
 import os
-import subprocess
-import sys
 
 import pytest
 
@@ -13,26 +10,13 @@ pytest.importorskip("transformers")
 
 from hydra_ssm.bench.context_parallel import launch_gloo  # noqa: E402
 from hydra_ssm.cli import main  # noqa: E402
-from hydra_ssm.train.corpus import default_corpus  # noqa: E402
-from hydra_ssm.train.tokenization import save_tokenizer, train_tokenizer  # noqa: E402
 
-from paths import SRC  # noqa: E402
-
-
-def losses(run_dir):
-    with open(os.path.join(run_dir, "metrics.jsonl")) as fh:
-        recs = [json.loads(line) for line in fh]
-    return [(r["step"], r["loss"]) for r in recs if "loss" in r], [(r["step"], r["eval_loss"]) for r in recs if "eval_loss" in r]
+from tiny_runs import assert_same_curves, run_losses, torchrun_cli, write_split_book  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    text = "\n".join(sum(default_corpus(30_000), []))
-    (d / "train.txt").write_text(text[:-8_000])
-    (d / "val.txt").write_text(text[-8_000:])
-    save_tokenizer(train_tokenizer("wordpiece", [text[:-8_000]], 300), str(d / "tok"))
-    return d
+    return write_split_book(tmp_path_factory.mktemp("corpus"), 30_000, 8_000, tokenizer_vocab=300)
 
 
 def args(corpus, out, steps, extra=()):
@@ -44,26 +28,13 @@ def args(corpus, out, steps, extra=()):
             "--output-dir", str(out), *extra]
 
 
-def torchrun(nproc, argv):
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--rdzv-endpoint=localhost:0",
-           "--rdzv-backend=c10d", "-m", "hydra_ssm.cli", *argv]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_two_processes_split_each_sequence_and_follow_the_single_process_run(corpus, tmp_path):
     single = tmp_path / "single"
     assert main(args(corpus, single, 6)) == 0
     split = tmp_path / "split"
-    r = torchrun(2, args(corpus, split, 6, ["--context-parallel", "2"]))
+    r = torchrun_cli(2, args(corpus, split, 6, ["--context-parallel", "2"]))
     assert r.returncode == 0, r.stderr[-3000:]
-    a_train, a_eval = losses(single / "mlm" / "hydra")
-    b_train, b_eval = losses(split / "mlm" / "hydra")
-    assert len(a_train) == len(b_train) == 6 and len(a_eval) == len(b_eval) == 2
-    for (s1, a), (s2, b) in zip(a_train + a_eval, b_train + b_eval):
-        assert s1 == s2 and abs(a - b) <= 1e-5 * max(1.0, abs(a)), (s1, a, b)
-    values = [a for _, a in a_train]
-    assert max(values) - min(values) > 1e-3  # the curve moved: not two constant sequences
+    b_train, _ = assert_same_curves(single / "mlm" / "hydra", split / "mlm" / "hydra", 6, 2, 1e-5)
 
     # the saved model is an ordinary one: the same weights as the single-process run's, to float rounding
     from safetensors.torch import load_file
@@ -77,8 +48,8 @@ def test_two_processes_split_each_sequence_and_follow_the_single_process_run(cor
     assert main(args(corpus, single, 8, ["--resume"])) == 0
     assert launch_gloo(cli_rank, 2, args(corpus, split, 8, ["--context-parallel", "2", "--resume"]),
                        start_method="fork") == 0
-    c_train, _ = losses(split / "mlm" / "hydra")
-    d_train, _ = losses(single / "mlm" / "hydra")
+    c_train, _ = run_losses(split / "mlm" / "hydra")
+    d_train, _ = run_losses(single / "mlm" / "hydra")
     assert [s for s, _ in c_train] == list(range(1, 9)) and c_train[:6] == b_train
     for (s1, a), (s2, b) in zip(d_train, c_train):
         assert s1 == s2 and abs(a - b) <= 1e-5 * max(1.0, abs(a)), (s1, a, b)

@@ -15,6 +15,7 @@ from hydra_ssm.train.batching import batch_indices, mask_tokens  # noqa: E402
 from hydra_ssm.train.corpus import default_corpus  # noqa: E402
 from hydra_ssm.train.tokenization import CLS, MASK, SEP, SPECIALS  # noqa: E402
 from hydra_ssm.train.synthetic import LISTOPS_WORDS, listops_examples, mqar_examples  # noqa: E402
+from tiny_runs import write_split_book  # noqa: E402
 
 TINY = ["--hidden-size", "32", "--num-layers", "1", "--d-state", "8", "--headdim", "16", "--num-heads", "2",
         "--threads", "1", "--progress", "false", "--plot", "false", "--eval-batches", "2"]
@@ -170,11 +171,7 @@ def test_weight_decay_reads_the_flag():
 # ------------------------------------------------------------------------------------------ end-to-end runs
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    text = "\n".join(sum(default_corpus(60_000), []))
-    (d / "train.txt").write_text(text[:-12_000])
-    (d / "val.txt").write_text(text[-12_000:])
-    return d
+    return write_split_book(tmp_path_factory.mktemp("corpus"), 60_000, 12_000)
 
 
 @pytest.fixture(scope="module")
