@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ._layout import PackedLayout, check_chunk_size, sequence_slices, to_chunks
+from .bidirectional import diagonal_term, shift_later
 from ._shapes import check_cu_seqlens, check_hydra_args, compute_dtype
 from .chunked import Direction, DirectionTensors, chunk_scan, log_decays
 from .reference import quasiseparable_ref
@@ -54,9 +55,8 @@ def _zero_at(positions: list[int], t):
 
 
 def _add_diag(y, x, D):
-    if D is None:
-        return y
-    return y + x * D.to(y.dtype).unsqueeze(-1)
+    diag = diagonal_term(x, D)
+    return y if diag is None else y + diag
 
 
 def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size: int = 64,
@@ -127,11 +127,6 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
     return _add_diag(y, x, None if D is None else D.to(cdt)).to(out_dtype)
 
 
-def _shift(y):
-    """Move outputs one position later along L; position 0 gets zero."""
-    return F.pad(y, (0, 0, 0, 0, 1, 0))[:, :-1]
-
-
 def quasiseparable_two_pass(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size: int = 64,
                             initial_states=None, cu_seqlens=None):
     """The same mixer as :func:`quasiseparable_chunked`, computed as two causal
@@ -147,7 +142,7 @@ def quasiseparable_two_pass(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=
     y_fwd = semiseparable_chunked(xf, dt_fwd, A, B_fwd, C_fwd, chunk_size, s_fwd, cu_seqlens=cu_seqlens)
     y_bwd = semiseparable_chunked(flip(xf), flip(dt_bwd), A, flip(B_bwd), flip(C_bwd), chunk_size, s_bwd,
                                   cu_seqlens=offsets_bwd)
-    y_fwd, y_bwd = _shift(y_fwd), flip(_shift(y_bwd))
+    y_fwd, y_bwd = shift_later(y_fwd), flip(shift_later(y_bwd))
     if lengths is not None:
         # a sequence's first output reads nothing from the left, its last nothing from the right
         first, last = _sequence_ends(lengths)

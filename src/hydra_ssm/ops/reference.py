@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ._layout import sequence_slices
+from .bidirectional import combine_matrices
 from ._shapes import (check_cu_seqlens, check_D, check_hydra_args, check_ssm_args, check_state, check_step_sizes,
                       expand_groups)
 
@@ -109,20 +110,11 @@ def quasiseparable_matrix(dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None)
     with a_f[k] = exp(dt_f[k] A), a_b[k] = exp(dt_b[k] A).
     """
     b, l, h = dt_fwd.shape
-    # Forward: the causal SSD matrix shifted down one row (row 0 is zero).
+    # The causal SSD matrix of each direction (the backward one on the reversed sequence), combined.
+    flip = lambda t: t.flip(1)  # noqa: E731
     fwd = semiseparable_matrix(dt_fwd, A, B_fwd, C_fwd)
-    Q = torch.zeros_like(fwd)
-    Q[:, :, 1:, :] = fwd[:, :, :-1, :]
-    # Backward: the causal SSD matrix of the reversed sequence, shifted, then reversed back.
-    rev = semiseparable_matrix(dt_bwd.flip(1), A, B_bwd.flip(1), C_bwd.flip(1))
-    bwd = torch.zeros_like(rev)
-    bwd[:, :, 1:, :] = rev[:, :, :-1, :]
-    Q = Q + bwd.flip(-1).flip(-2)
-    if D is not None:
-        D = check_D(D, b, l, h)
-        diag = D.expand(b, l, h).transpose(1, 2) if D.dim() == 1 else D.transpose(1, 2)
-        Q = Q + torch.diag_embed(diag)
-    return Q
+    rev = semiseparable_matrix(flip(dt_bwd), A, flip(B_bwd), flip(C_bwd))
+    return combine_matrices(fwd, rev, check_D(D, b, l, h))
 
 
 def per_sequence(fn, lengths: list[int], x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states, **kw):
