@@ -16,6 +16,9 @@ low-rank (associativity)    :func:`low_rank_mix`                   :func:`low_ra
 Vandermonde (tiled)         :func:`vandermonde_mix`,               :func:`vandermonde_ref`, :func:`vandermonde_matrix`,
                             :func:`dft_cos_mix`                    :func:`dft_cos_ref`, :func:`dft_cos_matrix`
 Cauchy (tiled)              :func:`cauchy_mix`                     :func:`cauchy_ref`, :func:`cauchy_matrix`
+delta rule (DeltaNet,       :func:`delta_chunked` (WY/UT),         :func:`delta_ref`, :func:`delta_loop`,
+DeltaProduct), causal and   :func:`bi_delta_chunked`               :func:`delta_matrix`, :func:`bi_delta_ref`,
+bidirectional                                                      :func:`bi_delta_matrix`
 ==========================  =====================================  ==========================
 
 Hydra over a sequence cut into segments (streaming, context parallelism):
@@ -61,6 +64,7 @@ from .toeplitz import toeplitz_fft, toeplitz_matrix, toeplitz_ref
 from .low_rank import low_rank_matrix, low_rank_mix, low_rank_ref
 from .vandermonde import dft_cos_matrix, dft_cos_mix, dft_cos_ref, vandermonde_matrix, vandermonde_mix, vandermonde_ref
 from .cauchy import cauchy_matrix, cauchy_mix, cauchy_ref
+from .delta import bi_delta_chunked, bi_delta_matrix, bi_delta_ref, delta_chunked, delta_loop, delta_matrix, delta_ref
 from .boundary import EnteringStates, SegmentSummary, entering_state_readout, entering_states, segment_summary
 
 __all__ = [
@@ -78,5 +82,6 @@ __all__ = [
     "vandermonde_mix", "vandermonde_ref", "vandermonde_matrix",
     "dft_cos_mix", "dft_cos_ref", "dft_cos_matrix",
     "cauchy_mix", "cauchy_ref", "cauchy_matrix",
+    "delta_chunked", "delta_ref", "delta_loop", "delta_matrix", "bi_delta_chunked", "bi_delta_ref", "bi_delta_matrix",
     "SegmentSummary", "EnteringStates", "segment_summary", "entering_states", "entering_state_readout",
 ]
