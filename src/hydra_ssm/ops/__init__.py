@@ -19,6 +19,9 @@ Cauchy (tiled)              :func:`cauchy_mix`                     :func:`cauchy
 gated diagonal (GLA,        :func:`gated_chunked`,                 :func:`gated_ref`, :func:`gated_loop`,
 complex/signed SSMs)        :func:`bi_gated_chunked` (Hydra's      :func:`gated_matrix`, :func:`bi_gated_ref`,
                             construction)                          :func:`bi_gated_matrix`
+delta rule (DeltaNet,       :func:`delta_chunked` (WY/UT),         :func:`delta_ref`, :func:`delta_loop`,
+DeltaProduct), causal and   :func:`bi_delta_chunked`               :func:`delta_matrix`, :func:`bi_delta_ref`,
+bidirectional                                                      :func:`bi_delta_matrix`
 ==========================  =====================================  ==========================
 
 Hydra over a sequence cut into segments (streaming, context parallelism):
@@ -65,6 +68,7 @@ from .low_rank import low_rank_matrix, low_rank_mix, low_rank_ref
 from .vandermonde import dft_cos_matrix, dft_cos_mix, dft_cos_ref, vandermonde_matrix, vandermonde_mix, vandermonde_ref
 from .cauchy import cauchy_matrix, cauchy_mix, cauchy_ref
 from .gated import bi_gated_chunked, bi_gated_matrix, bi_gated_ref, gated_chunked, gated_loop, gated_matrix, gated_ref
+from .delta import bi_delta_chunked, bi_delta_matrix, bi_delta_ref, delta_chunked, delta_loop, delta_matrix, delta_ref
 from .boundary import EnteringStates, SegmentSummary, entering_state_readout, entering_states, segment_summary
 
 __all__ = [
@@ -83,5 +87,6 @@ __all__ = [
     "dft_cos_mix", "dft_cos_ref", "dft_cos_matrix",
     "cauchy_mix", "cauchy_ref", "cauchy_matrix",
     "gated_chunked", "gated_ref", "gated_loop", "gated_matrix", "bi_gated_chunked", "bi_gated_ref", "bi_gated_matrix",
+    "delta_chunked", "delta_ref", "delta_loop", "delta_matrix", "bi_delta_chunked", "bi_delta_ref", "bi_delta_matrix",
     "SegmentSummary", "EnteringStates", "segment_summary", "entering_states", "entering_state_readout",
 ]
