@@ -45,8 +45,28 @@ REF_LAYOUT = {
 # in_proj outputs / conv channels beyond [z, v] in the reference layer
 REF_EXTRA = {"toeplitz": (2 * H, 2 * H), "vandermonde": (2 * DS, 2 * DS), "cauchy": (2 * DS, 2 * DS),
              "low_rank": (2 * DS, 2 * DS), "attention": (2 * DS, 2 * DS), "quasiseparable": (2 * DS + 2 * H, 2 * DS)}
-CASES = sorted(REF_LAYOUT) + [("semiseparable", False), ("semiseparable", True)]
+# the bidirectional recurrent classes (no reference layer): their own parameters, as docs/mixers.md lists them
+RECURRENT_LAYOUT = {
+    ("bi_gla", False): {"matrix_mixer.q_matrix": (LMAX, H, QK), "matrix_mixer.k_matrix": (LMAX, H, QK),
+                        "matrix_mixer.gate_bias": (2, H, QK), "matrix_mixer.D": (H,), "matrix_mixer.fc_D.weight": (H, DI)},
+    ("bi_gla", True): {"matrix_mixer.gate_bias": (2, H, QK), "matrix_mixer.D": (H,), "matrix_mixer.fc_D.weight": (H, DI)},
+    ("bi_deltanet", True): {"matrix_mixer.D": (H,), "matrix_mixer.fc_D.weight": (H, DI)},
+    ("bi_complex", False): {"matrix_mixer.BC": (LMAX, 2 * DS), "matrix_mixer.dt_bias": (H,), "matrix_mixer.A_log": (H, QK),
+                            "matrix_mixer.theta": (H, QK), "matrix_mixer.C_phase": (H, QK), "matrix_mixer.D": (H,),
+                            "matrix_mixer.fc_D.weight": (H, DI)},
+    ("bi_complex", True): {"matrix_mixer.dt_bias": (H,), "matrix_mixer.A_log": (H, QK), "matrix_mixer.theta": (H, QK),
+                           "matrix_mixer.C_phase": (H, QK), "matrix_mixer.D": (H,), "matrix_mixer.fc_D.weight": (H, DI)},
+}
+# their in_proj outputs / conv channels beyond [z, v]: features through the conv, then direct ones
+RECURRENT_EXTRA = {"bi_gla": (4 * DS, 2 * DS), "bi_deltanet": (2 * DS + 2 * H, 2 * DS),
+                   "bi_complex": (2 * DS + 2 * H, 2 * DS)}
+CASES = sorted(REF_LAYOUT) + [("semiseparable", False), ("semiseparable", True)] + sorted(RECURRENT_LAYOUT)
 IDS = [f"{t}-{'sam' if dd else 'di'}" for t, dd in CASES]
+# options that change a class's computation: each variant runs the generic tests too
+VARIANTS = [("bi_deltanet", True, {"allow_neg_eigval": True}), ("bi_deltanet", True, {"num_householder": 3}),
+            ("bi_complex", True, {"transition": "signed"}), ("bi_complex", False, {"transition": "signed"})]
+CASES_KW = [(t, dd, {}) for t, dd in CASES] + VARIANTS
+IDS_KW = IDS + [f"{t}-{'sam' if dd else 'di'}-" + "-".join(f"{k}={v}" for k, v in kw.items()) for t, dd, kw in VARIANTS]
 
 
 def make(t, dd, **kw):
@@ -182,6 +202,16 @@ def test_reference_state_dict_loads_and_matches(t, dd):
         torch.testing.assert_close(m(u), reference_forward(t, dd, sd, u), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("t,dd", sorted(RECURRENT_LAYOUT), ids=[f"{t}-{'sam' if dd else 'di'}" for t, dd in sorted(RECURRENT_LAYOUT)])
+def test_recurrent_state_dict_layout(t, dd):
+    """The parameters of the bidirectional recurrent classes are those docs/mixers.md lists."""
+    extra_proj, extra_conv = RECURRENT_EXTRA[t] if dd else (0, 0)
+    shapes = {"in_proj.weight": (2 * DI + extra_proj, D_MODEL), "conv1d.weight": (DI + extra_conv, 1, 3),
+              "conv1d.bias": (DI + extra_conv,), "norm.weight": (DI,), "out_proj.weight": (D_MODEL, DI)}
+    shapes.update(RECURRENT_LAYOUT[(t, dd)])
+    assert {k: tuple(v.shape) for k, v in make(t, dd).state_dict().items()} == shapes
+
+
 def test_state_dict_rejects_wrong_layout():
     m = make("low_rank", False)
     sd = reference_state_dict("low_rank", False)
@@ -198,11 +228,11 @@ def test_state_dict_rejects_wrong_layout():
         m.load_state_dict(sd, strict=True)
 
 
-@pytest.mark.parametrize("t,dd", CASES, ids=IDS)
+@pytest.mark.parametrize("t,dd,kw", CASES_KW, ids=IDS_KW)
 @settings(max_examples=4, deadline=None)
 @given(L=st.integers(1, LMAX), batch=st.integers(1, 2), seed=st.integers(0, 100))
-def test_forward_equals_materialize(t, dd, L, batch, seed):
-    m = make(t, dd)
+def test_forward_equals_materialize(t, dd, kw, L, batch, seed):
+    m = make(t, dd, **kw)
     torch.manual_seed(seed)
     u = torch.randn(batch, L, D_MODEL, dtype=torch.float64)
     M = m.materialize(u)
@@ -215,9 +245,9 @@ def test_forward_equals_materialize(t, dd, L, batch, seed):
         assert torch.all(M.triu(1) == 0)
 
 
-@pytest.mark.parametrize("t,dd", CASES, ids=IDS)
-def test_gradients_reach_every_parameter(t, dd):
-    m = make(t, dd)
+@pytest.mark.parametrize("t,dd,kw", CASES_KW, ids=IDS_KW)
+def test_gradients_reach_every_parameter(t, dd, kw):
+    m = make(t, dd, **kw)
     u = torch.randn(2, 9, D_MODEL, dtype=torch.float64, requires_grad=True)
     m(u).square().sum().backward()
     assert u.grad is not None and u.grad.abs().sum() > 0
@@ -225,12 +255,12 @@ def test_gradients_reach_every_parameter(t, dd):
         assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("t,dd", CASES, ids=IDS)
+@pytest.mark.parametrize("t,dd,kw", CASES_KW, ids=IDS_KW)
 @settings(max_examples=3, deadline=None)
 @given(n=st.integers(1, 6), left=st.integers(0, 3), right=st.integers(0, 3), seed=st.integers(0, 100))
-def test_padding_invariance(t, dd, n, left, right, seed):
+def test_padding_invariance(t, dd, kw, n, left, right, seed):
     """Valid outputs equal the unpadded ones for left and/or right padding; padded outputs are zero."""
-    m = make(t, dd)
+    m = make(t, dd, **kw)
     torch.manual_seed(seed)
     u = torch.randn(1, n, D_MODEL, dtype=torch.float64)
     junk = lambda k: 5 * torch.randn(1, k, D_MODEL, dtype=torch.float64)  # noqa: E731
@@ -278,7 +308,7 @@ def test_semiseparable_matches_ops():
 
 
 @pytest.mark.parametrize("name", ["dense", "toeplitz", "vandermonde", "cauchy", "low_rank", "attention",
-                                  "quasiseparable", "semiseparable"])
+                                  "quasiseparable", "semiseparable", "bi_gla", "bi_deltanet", "bi_complex"])
 def test_build_mixer_by_name(name):
     options = dict(is_data_dependent=name != "dense", max_seq_len=LMAX, headdim=HEADDIM, qk_dim=QK, d_state=99,
                    ngroups=1, is_dft=False)
@@ -352,7 +382,7 @@ class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
         return out
 
 
-NO_LL_CASES = [(t, dd, {}) for t, dd in CASES if t != "dense"] + [
+NO_LL_CASES = [(t, dd, kw) for t, dd, kw in CASES_KW if t != "dense"] + [
     ("vandermonde", False, {"is_dft": False}),
     ("attention", False, {"headdim": 4}),  # head size == qk_dim: no padding copy in front of SDPA
     ("attention", True, {"headdim": 4}),
@@ -363,30 +393,35 @@ NO_LL_CASES = [(t, dd, {}) for t, dd in CASES if t != "dense"] + [
                          ids=[f"{t}-{'sam' if dd else 'di'}{'-' + '-'.join(map(str, kw.values())) if kw else ''}"
                               for t, dd, kw in NO_LL_CASES])
 def test_no_L_by_L_tensor_in_forward_and_backward(t, dd, kw, monkeypatch):
-    """forward + backward (materialize excluded) never produce a tensor with L * L elements.
+    """forward + backward (materialize excluded) never produce a tensor that grows like L * L.
 
-    The tiled classes are checked with a small block budget and the chunked ones with a
-    small chunk, so that the test sees the tiling itself (blocks of B * H * tile * L or
-    B * H * chunk * L elements are linear in L; at large L the defaults are far below
-    L * L as well). The SDPA
-    path of the attention class must stay fused: PyTorch's math fallback (taken e.g. for
-    a q or k whose last dim is not unit-stride) builds (B, H, L, L) weights.
+    The largest tensor of a pass at L = 1024 is compared with the largest at L = 512: it
+    may grow linearly (x2), not quadratically (x4), and it must stay below L * L elements
+    per (batch, head). The tiled classes are checked with a small block budget and the
+    chunked ones with a small chunk, so that the test sees the tiling itself (blocks of
+    B * H * tile * L or B * H * chunk * L elements are linear in L). The SDPA path of the
+    attention class must stay fused: PyTorch's math fallback (taken e.g. for a q or k whose
+    last dim is not unit-stride) builds (B, H, L, L) weights.
     """
     import hydra_ssm.ops._tiled as tiled
 
     monkeypatch.setattr(tiled, "BLOCK_BUDGET", 1 << 17)
-    L, batch = 1024, 2
     kw = dict(kw)
     headdim = kw.pop("headdim", 16)
-    torch.manual_seed(0)
-    m = MatrixMixer(t, dd, 32, 4, max_seq_len=L, headdim=headdim, chunk_size=64, **kw)
-    u = torch.randn(batch, L, 32, requires_grad=True)
-    mask = torch.ones(batch, L, dtype=torch.bool)
-    mask[1, :200] = False  # left padding in the second row
-    with _LargestTensor() as rec:
-        m(u, attention_mask=mask).square().sum().backward()
-    assert rec.numel < L * L, rec.op
-    assert u.grad is not None and torch.isfinite(u.grad).all()
+    largest = {}
+    for L in (512, 1024):
+        batch = 2
+        torch.manual_seed(0)
+        m = MatrixMixer(t, dd, 32, 4, max_seq_len=L, headdim=headdim, chunk_size=64, **kw)
+        u = torch.randn(batch, L, 32, requires_grad=True)
+        mask = torch.ones(batch, L, dtype=torch.bool)
+        mask[1, : L // 5] = False  # left padding in the second row
+        with _LargestTensor() as rec:
+            m(u, attention_mask=mask).square().sum().backward()
+        assert rec.numel < batch * m.nheads * L * L, rec.op
+        assert u.grad is not None and torch.isfinite(u.grad).all()
+        largest[L] = rec
+    assert largest[1024].numel <= 2.2 * largest[512].numel, (largest[512].op, largest[1024].op)
 
 
 @pytest.mark.parametrize("t,dd,kw", [("cauchy", True, {}), ("cauchy", False, {}), ("vandermonde", True, {}),
@@ -417,3 +452,32 @@ def test_tiled_gradients_equal_materialized_over_many_blocks(t, dd, kw, monkeypa
         grads.append([u.grad.clone()] + [p.grad.clone() for _, p in m.named_parameters()])
     for name, a, b in zip(["u"] + [n for n, _ in m.named_parameters()], *grads):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_recurrent_options_are_checked():
+    with pytest.raises(ValueError, match="num_householder must be a positive integer, got 0"):
+        make("bi_deltanet", True, num_householder=0)
+    with pytest.raises(ValueError, match="allow_neg_eigval must be True or False, got 'yes'"):
+        make("bi_deltanet", True, allow_neg_eigval="yes")
+    with pytest.raises(ValueError, match="transition"):
+        make("bi_complex", True, transition="rotation")
+    with pytest.raises(ValueError, match="has no data-independent form"):
+        make("bi_deltanet", False)
+
+
+def test_negative_eigenvalues_reach_beta_above_one():
+    """allow_neg_eigval doubles the range of beta: [0, 2] instead of [0, 1]; signed decays reach below 0."""
+    u = 4 * torch.randn(2, 9, D_MODEL, dtype=torch.float64)
+    for neg in (False, True):
+        m = make("bi_deltanet", True, allow_neg_eigval=neg)
+        _, v, feats = m._streams(u, None)
+        beta = torch.cat(m._args(v, feats)[2:])
+        assert beta.min() >= 0 and (beta.max() > 1) == neg
+    m = make("bi_complex", True, transition="signed")
+    with torch.no_grad():
+        m.matrix_mixer.dt_bias.fill_(3.0)  # steps of about 3: a = 2 exp(-3) - 1 < 0
+    _, v, feats = m._streams(u, None)
+    args = m._args(v, feats)
+    phase = args["phase_fwd"]
+    assert torch.all((phase == 0) | (phase == math.pi)) and (phase == math.pi).float().mean() > 0.5
+    assert torch.all(args["log_decay_fwd"] <= 0)

@@ -22,7 +22,7 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from hydra_ssm import Hydra, MatrixMixer, MultiHeadAttention, build_mixer  # noqa: E402
-from hydra_ssm.mixers import matrix_mixer_types  # noqa: E402
+from hydra_ssm.mixers import get_mixer_class, matrix_mixer_types  # noqa: E402
 from hydra_ssm.models import (  # noqa: E402
     HydraConfig,
     HydraForImageClassification,
@@ -35,7 +35,7 @@ from hydra_ssm.models import (  # noqa: E402
 D = 16
 VOCAB = 40
 TINY_HYDRA = dict(d_model=D, d_state=4, d_conv=3, headdim=8, expand=2, chunk_size=4)
-MM_TYPES = matrix_mixer_types()  # dense, toeplitz, vandermonde, cauchy, low_rank, attention, quasi-, semiseparable
+MM_TYPES = matrix_mixer_types()  # every registered matrix class
 TEXT_HEADS = [HydraModel, HydraForMaskedLM, HydraForSequenceClassification, HydraForTokenClassification]
 
 
@@ -265,9 +265,15 @@ for _n in MM_TYPES:
         pytest.param(lambda n=_n: mm(n)(x(dtype=torch.bfloat16)), ValueError, r"u has dtype torch.bfloat16 but the layer's parameters are torch.float32", id=f"{_n}-bf16-input"),
         pytest.param(lambda n=_n: check_batch0(mm(n)), None, "", id=f"{_n}-batch0"),
         pytest.param(lambda n=_n: check_float64_parameters(mm(n, dtype=torch.float64)), None, "", id=f"{_n}-dtype-float64"),
-        pytest.param(lambda n=_n: check_float64_parameters(mm(n, dtype=torch.float64, is_data_dependent=False)), None, "", id=f"{_n}-di-dtype-float64"),
         pytest.param(lambda n=_n: check_strict_false_bundle(n), None, "", id=f"{_n}-strict-false-bundle"),
         pytest.param(lambda n=_n: check_fully_padded_row_is_finite(mm(n)), None, "", id=f"{_n}-padded-row"),
+    ]
+    if "di" not in get_mixer_class(_n).forms:  # a data-dependent-only class refuses the DI form clearly
+        MM_BAD.append(pytest.param(lambda n=_n: mm(n, is_data_dependent=False), ValueError,
+                                   r"has no data-independent form", id=f"{_n}-no-di"))
+        continue
+    MM_BAD += [
+        pytest.param(lambda n=_n: check_float64_parameters(mm(n, dtype=torch.float64, is_data_dependent=False)), None, "", id=f"{_n}-di-dtype-float64"),
         pytest.param(lambda n=_n: mm(n, is_data_dependent=False, max_seq_len=4)(x()), ValueError, r"sequence length 6 exceeds max_seq_len=4", id=f"{_n}-di-too-long"),
     ]
 

@@ -8,6 +8,8 @@ One file per class; importing this package registers them all::
     dft_holder.py     the ``dft_matrix`` state_dict entry of the DFT Vandermonde form
     dense.py, toeplitz.py, vandermonde.py, cauchy.py, low_rank.py, attention.py,
     quasiseparable.py, semiseparable.py
+    recurrent.py      shared base of the bidirectional recurrent classes:
+    bi_gla.py, bi_deltanet.py, bi_complex.py
 
 ``MatrixMixer("toeplitz", ...)`` builds the class registered as "toeplitz",
 with the reference Hydra repository's constructor and parameter names.
@@ -15,6 +17,9 @@ with the reference Hydra repository's constructor and parameter names.
 
 from .attention import AttentionMixer
 from .base import MatrixMixer, matrix_mixer_types
+from .bi_complex import BiComplexMixer
+from .bi_deltanet import BiDeltaNetMixer
+from .bi_gla import BiGLAMixer
 from .cauchy import CauchyMixer
 from .dense import DenseMixer
 from .low_rank import LowRankMixer
@@ -34,4 +39,7 @@ __all__ = [
     "AttentionMixer",
     "QuasiseparableMixer",
     "SemiseparableMixer",
+    "BiGLAMixer",
+    "BiDeltaNetMixer",
+    "BiComplexMixer",
 ]

@@ -16,12 +16,14 @@ class SSMMixer(MatrixMixer):
     activate_features = True
     position_aware = True  # the scan orders the tokens
 
-    def _ssm_params(self, inner, factory, dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4):
+    def _ssm_params(self, inner, factory, dt_min=0.001, dt_max=0.1, dt_init_floor=1e-4, per_state_decay=False):
+        """``A_log`` is (H,), or (H, qk_dim) with ``per_state_decay`` (a rate per state of a head); A = -1 at init."""
         if not self.is_data_dependent:
             inner.BC = nn.Parameter(torch.empty(self.max_seq_len, 2 * self.d_state, **factory))
             nn.init.xavier_normal_(inner.BC)
         inner.dt_bias = dt_bias(self.nheads, dt_min, dt_max, dt_init_floor, factory)
-        inner.A_log = nn.Parameter(torch.zeros(self.nheads, device=factory["device"], dtype=factory["dtype"]))
+        decay_shape = (self.nheads, self.qk_dim) if per_state_decay else (self.nheads,)
+        inner.A_log = nn.Parameter(torch.zeros(decay_shape, device=factory["device"], dtype=factory["dtype"]))
         inner.A_log._no_weight_decay = True
         inner.D = nn.Parameter(torch.ones(self.nheads, **factory))
         inner.D._no_weight_decay = True
