@@ -64,17 +64,19 @@ def cell_config(args, variant: Variant, task: str, length: int, seed: int):
     """The TrainConfig of one cell (validated): a UsageError names what is wrong."""
     from ..train.config import UsageError, build_config, coerce, parse_option
 
-    extra = {}
-    for text in args.train_option:
-        key, value = parse_option(text, "--train-option")
-        extra[key] = coerce(key, value)
-    values = dict(extra, task="synthetic", synthetic_task=task, state_len=length, mixers=[variant.mixer],
+    run_dir = os.path.join(args.out, "runs", variant.slug, cell_name(task, length, seed))
+    values = dict(task="synthetic", synthetic_task=task, state_len=length, mixers=[variant.mixer],
                   mixer_options=variant.options, seed=seed, steps=args.steps, hidden_size=args.d_model,
                   num_layers=args.n_layers, lr=args.lr, batch_size=args.batch_size,
                   synthetic_train_size=args.train_size, synthetic_val_size=args.val_size,
                   eval_every=args.eval_every or args.steps, eval_batches=0, warmup_steps=min(args.warmup_steps, args.steps),
-                  output_dir=os.path.join(args.out, "runs", variant.slug, cell_name(task, length, seed)),
-                  resume=True, progress=False, plot=False, threads=args.threads, device=args.device)
+                  output_dir=run_dir, resume=os.path.isdir(run_dir),  # a cell cut short continues exactly
+                  progress=False, plot=False, threads=args.threads, device=args.device)
+    for text in args.train_option:
+        key, value = parse_option(text, "--train-option")
+        if key in values:
+            raise UsageError(f"--train-option {text}: the study sets {key} itself (see {PROG} --help)")
+        values[key] = coerce(key, value)
     try:
         return build_config({}, values)
     except UsageError as err:

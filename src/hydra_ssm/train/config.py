@@ -243,7 +243,7 @@ def coerce(name: str, value: Any) -> Any:
             else:
                 raise ValueError
         elif kind is dict:
-            out = mixer_options(value, flag)
+            out = mixer_options(value)  # the flag is --mixer-option, given once per option
         elif kind is list:
             if isinstance(value, str):
                 out = [v.strip() for v in value.split(",") if v.strip()]
