@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("transformers")
 
 import hydra_ssm.train.runner as runner  # noqa: E402
+from hydra_ssm.bench.state_tracking import Variant  # noqa: E402
 from hydra_ssm.cli import main  # noqa: E402
 from tiny_runs import cli_env  # noqa: E402
 
@@ -93,6 +94,13 @@ def test_study_tabulates_every_cell_and_resumes_without_training_again(tmp_path,
     # the same directory with another budget is refused, naming what changed
     assert main(["bench-state-tracking", *STUDY, "--steps", "5", "--out", str(out)]) == 2
     assert trained == ["s5"] and "steps: 3 -> 5" in capsys.readouterr().err
+
+
+def test_variant_options_are_literals_and_may_hold_commas():
+    v = Variant("hydra:scan_impl=two_pass, dt_limit=(0.0, 2.5),learnable_init_states=True")
+    assert v.mixer == "hydra"
+    assert v.options == {"scan_impl": "two_pass", "dt_limit": [0.0, 2.5], "learnable_init_states": True}
+    assert v.slug == "hydra_scan_impl=two_pass_dt_limit=_0.0_2.5__learnable_init_states=True"
 
 
 @pytest.mark.parametrize("argv, message", [

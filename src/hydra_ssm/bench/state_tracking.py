@@ -47,7 +47,9 @@ class Variant:
             raise UsageError(f"--variants {text!r}: expected NAME or NAME:key=value,key=value")
         if ":" in text and not opts.strip():
             raise UsageError(f"--variants {text!r}: no options after ':' (expected NAME:key=value,...)")
-        self.options = mixer_options([o for o in opts.split(",") if o.strip()], f"--variants {text}")
+        # split at the commas that start the next key=, so that a value may hold commas: dt_limit=(0.0,1.0)
+        items = re.split(r",(?=\s*[A-Za-z_]\w*\s*=)", opts)
+        self.options = mixer_options([o for o in items if o.strip()], f"--variants {text}")
 
     @property
     def slug(self) -> str:
