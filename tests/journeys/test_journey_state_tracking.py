@@ -104,7 +104,8 @@ def test_variant_options_are_literals_and_may_hold_commas():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--variants", "nosuch"], "--variants nosuch: unknown mixer 'nosuch'"),
+    (["--variants", "nosuch"], "cell nosuch parity L=16 seed=0: unknown mixer 'nosuch'"),
+    (["--warmup-steps", "-1"], "--warmup-steps must be >= 0, got -1"),
     (["--variants", "hydra:bogus=1"], "--mixer-option bogus: no mixer of --mixers (hydra) accepts it"),
     (["--variants", "hydra:scan_impl=sideways"], "sideways"),
     (["--variants", "hydra:"], "no options after ':'"),

@@ -121,6 +121,14 @@ def test_an_option_one_listed_mixer_accepts_is_valid():
     assert cfg.mixer_options == {"is_dft": True}
 
 
+def test_state_tracking_tasks_are_token_level_for_context_parallelism():
+    for task in ("parity", "s5"):
+        cfg = build_config({}, {"task": "synthetic", "synthetic_task": task, "mixers": "hydra", "context_parallel": 2})
+        assert cfg.context_parallel == 2
+    with pytest.raises(UsageError, match="classifies whole sequences"):
+        build_config({}, {"task": "synthetic", "synthetic_task": "listops", "mixers": "hydra", "context_parallel": 2})
+
+
 def test_bad_mixer_option_value_stops_before_training(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["train", "--task", "synthetic", "--synthetic-task", "s5", "--state-len", "4", "--mixers", "hydra",

@@ -82,7 +82,7 @@ def cell_config(args, variant: Variant, task: str, length: int, seed: int):
     try:
         return build_config({}, values)
     except UsageError as err:
-        raise UsageError(f"--variants {variant.text}: {err}") from None
+        raise UsageError(f"cell {variant.text} {task} L={length} seed={seed}: {err}") from None
 
 
 def check_model(cfg) -> None:
