@@ -62,7 +62,8 @@ def test_s5_table_composes_right_to_left():
 
 
 def test_s5_product_order_on_a_non_commuting_pair():
-    """g1 = p12034 (0->1->2->0), g2 = p10234 (swap 0, 1): the word g1 g2 is g1 ∘ g2 = p21034, not g2 ∘ g1 = p02134."""
+    """g1 = p12034 (0->1->2->0), g2 = p10234 (swap 0, 1): the word g1 g2 is g1 ∘ g2 = p21034,
+    not g2 ∘ g1 = p02134."""
     T = s5_compose_table()
     g1, g2 = S5_WORDS.index("p12034"), S5_WORDS.index("p10234")
     assert S5_WORDS[T[g1, g2]] == "p21034" and S5_WORDS[T[g2, g1]] == "p02134"

@@ -71,7 +71,8 @@ def cell_config(args, variant: Variant, task: str, length: int, seed: int):
                   mixer_options=variant.options, seed=seed, steps=args.steps, hidden_size=args.d_model,
                   num_layers=args.n_layers, lr=args.lr, batch_size=args.batch_size,
                   synthetic_train_size=args.train_size, synthetic_val_size=args.val_size,
-                  eval_every=args.eval_every or args.steps, eval_batches=0, warmup_steps=min(args.warmup_steps, args.steps),
+                  eval_every=args.eval_every or args.steps, eval_batches=0,
+                  warmup_steps=min(args.warmup_steps, args.steps),
                   output_dir=run_dir, resume=os.path.isdir(run_dir),  # a cell cut short continues exactly
                   progress=False, plot=False, threads=args.threads, device=args.device)
     for text in args.train_option:

@@ -119,7 +119,8 @@ class TrainConfig:
     threads: int = _f(0, "torch CPU threads per process (0 = cores / processes)")
     context_parallel: int = _f(1, "processes that split each sequence between them (context parallelism, under "
                                   "torchrun: groups of this many consecutive ranks; data parallel across the groups); "
-                                  "token-level tasks (mlm, synthetic mqar/parity/s5) and mixers that support it (hydra)")
+                                  "token-level tasks (mlm, synthetic mqar/parity/s5) and mixers that support it "
+                                  "(hydra)")
     # ---------------------------------------------------------------- evaluation, logging, checkpoints
     eval_every: int = _f(50, "evaluate on the validation data every N steps (and at the end)")
     eval_batches: int = _f(8, "batches per evaluation (0 = the whole validation set)")
