@@ -3,7 +3,7 @@
     hydra-ssm train       pretrain / fine-tune (default: Hydra vs attention MLM on the interpreter's own text)
     hydra-ssm compare     the same for a list of mixers and tasks
     hydra-ssm evaluate    evaluate a saved model on its task's validation data
-    hydra-ssm bench | bench-mixers | bench-packing | bench-stream | bench-context-parallel | plot
+    hydra-ssm bench | bench-mixers | bench-packing | bench-stream | bench-context-parallel | bench-state-tracking | plot
                           benchmark and plotting scripts
 
 Bad options and bad data stop with one line on stderr (exit status 2) before
@@ -28,6 +28,8 @@ PASSTHROUGH = {
     "bench-context-parallel": ("hydra_ssm.bench.context_parallel", "benchmark one Hydra layer split over 1, 2, 4 "
                                "processes: time, memory per rank, bytes exchanged (hydra_ssm.bench.context_parallel)"),
     "bench-stream": ("hydra_ssm.bench.stream", "working memory of Hydra.stream against L (hydra_ssm.bench.stream)"),
+    "bench-state-tracking": ("hydra_ssm.bench.state_tracking", "which mixers learn parity and the S5 word problem "
+                             "at which length: a seeded study of tiny trained models (hydra_ssm.bench.state_tracking)"),
     "plot": ("hydra_ssm.plot", "plots from benchmark/training outputs (hydra_ssm.plot)"),
 }
 
@@ -65,6 +67,8 @@ def _add_train_options(p: argparse.ArgumentParser, names: tuple[str, ...] | None
         kw = dict(dest=f.name, default=argparse.SUPPRESS, help=help_)
         if isinstance(default, bool):
             g.add_argument(flag, nargs="?", const="true", metavar="BOOL", **kw)
+        elif isinstance(default, dict):  # --mixer-option KEY=VALUE, once per option
+            g.add_argument(flag.removesuffix("s"), action="append", metavar="KEY=VALUE", **kw)
         else:
             choices = f.metadata.get("choices")
             g.add_argument(flag, metavar="{" + ",".join(choices) + "}" if choices else f.name.split("_")[-1].upper(), **kw)
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         flags = [a for a in unknown if a.startswith("-")] or unknown
         if ns.command == "evaluate":
             from .train.config import FIELDS
-            training = [a for a in flags if a.lstrip("-").split("=")[0].replace("-", "_") in FIELDS]
+            training = [a for a in flags if a.lstrip("-").split("=")[0].replace("-", "_") in FIELDS
+                        or a.lstrip("-").split("=")[0].replace("-", "_") + "s" in FIELDS]  # --mixer-option
             if training:
                 return _fail(f"evaluate does not take {', '.join(training)} (an option of training: the saved run's "
                              f"value is used); it takes --model and "

@@ -6,6 +6,7 @@ from it, so ``hydra-ssm train --help`` documents all of them.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
 import os
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 TASKS = ("mlm", "classify", "image", "synthetic")
-SYNTHETIC_TASKS = ("mqar", "listops")
+SYNTHETIC_TASKS = ("mqar", "listops", "parity", "s5")
+TOKEN_LEVEL_SYNTHETIC = ("mqar", "parity", "s5")  # a label per position (the others classify sequences)
 TOKENIZERS = ("wordpiece", "bpe", "byte")
 
 
@@ -65,14 +67,18 @@ class TrainConfig:
                               "and the same loss up to float rounding, faster when lengths vary (classify, listops)")
     mask_prob: float = _f(0.15, "mlm: fraction of tokens masked (80%% [MASK], 10%% random, 10%% kept), in training "
                                 "and evaluation")
-    synthetic_task: str = _f("mqar", "synthetic: mqar (non-causal multi-query associative recall) or listops "
-                                     "(nested MAX/MIN/MED/SM expressions)", choices=SYNTHETIC_TASKS)
+    synthetic_task: str = _f("mqar", "synthetic: mqar (non-causal multi-query associative recall), listops "
+                                     "(nested MAX/MIN/MED/SM expressions), parity (bits; every position's label is "
+                                     "the parity of the whole sequence) or s5 (elements of the symmetric group S5; "
+                                     "every position's label is the product of the whole word)",
+                             choices=SYNTHETIC_TASKS)
     synthetic_train_size: int = _f(20000, "synthetic: number of generated training examples")
     synthetic_val_size: int = _f(500, "synthetic: number of generated validation examples")
     mqar_pairs: int = _f(16, "mqar: key-value pairs per sequence")
     mqar_queries: int = _f(8, "mqar: queries per sequence")
     mqar_keys: int = _f(64, "mqar: size of the key vocabulary")
     mqar_values: int = _f(64, "mqar: size of the value vocabulary")
+    state_len: int = _f(64, "parity, s5: tokens per sequence (between [CLS] and [SEP])")
     listops_min_len: int = _f(32, "listops: shortest expression, tokens")
     listops_max_len: int = _f(512, "listops: longest expression, tokens (up to a few thousand)")
     listops_max_depth: int = _f(6, "listops: deepest nesting")
@@ -90,6 +96,10 @@ class TrainConfig:
     headdim: int = _f(32, "Hydra head dimension")
     chunk_size: int = _f(128, "Hydra chunk size (capped by the sequence length)")
     num_heads: int = _f(4, "attention heads (mha)")
+    mixer_options: dict = field(default_factory=dict, metadata={
+        "help": "mixer-specific option KEY=VALUE (repeatable; VALUE read as a Python literal, else a string, e.g. "
+                "--mixer-option scan_impl=two_pass): each mixer of --mixers gets the options its class accepts; "
+                "an option that none of them accepts is an error"})
     position_embeddings: str = _f("auto", "learned absolute position embeddings: on, off, or auto (on for mixers "
                                           "that are not position-aware, e.g. mha)", choices=("auto", "on", "off"))
     prenorm: bool = _f(True, "pre-norm blocks (False = the reference's post-norm)")
@@ -109,7 +119,8 @@ class TrainConfig:
     threads: int = _f(0, "torch CPU threads per process (0 = cores / processes)")
     context_parallel: int = _f(1, "processes that split each sequence between them (context parallelism, under "
                                   "torchrun: groups of this many consecutive ranks; data parallel across the groups); "
-                                  "token-level tasks (mlm, synthetic mqar) and mixers that support it (hydra)")
+                                  "token-level tasks (mlm, synthetic mqar/parity/s5) and mixers that support it "
+                                  "(hydra)")
     # ---------------------------------------------------------------- evaluation, logging, checkpoints
     eval_every: int = _f(50, "evaluate on the validation data every N steps (and at the end)")
     eval_batches: int = _f(8, "batches per evaluation (0 = the whole validation set)")
@@ -139,9 +150,10 @@ class TrainConfig:
         for m in self.mixers:
             need(m in available_mixers(), f"unknown mixer {m!r}; registered mixers: {', '.join(available_mixers())}")
         need(len(set(self.mixers)) == len(self.mixers), f"--mixers lists a mixer twice: {self.mixers}")
+        check_mixer_options(self.mixer_options, self.mixers)
         positive = ("vocab_size", "seq_len", "hidden_size", "num_layers", "d_state", "d_conv", "expand", "headdim",
                     "chunk_size", "num_heads", "patch_size", "steps", "batch_size", "synthetic_train_size",
-                    "synthetic_val_size", "mqar_pairs", "mqar_queries", "mqar_keys", "mqar_values", "listops_min_len",
+                    "synthetic_val_size", "state_len", "mqar_pairs", "mqar_queries", "mqar_keys", "mqar_values", "listops_min_len",
                     "listops_max_len", "listops_max_depth", "listops_max_args", "eval_every")
         for name in positive:
             need(getattr(self, name) > 0, f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
@@ -154,10 +166,12 @@ class TrainConfig:
             from ..mixers import get_mixer_class
             tasks = self.tasks or [self.task]
             for t in tasks:
-                pooled = t in ("classify", "image") or (t == "synthetic" and self.synthetic_task != "mqar")
+                pooled = t in ("classify", "image") or (t == "synthetic" and self.synthetic_task not in
+                                                                TOKEN_LEVEL_SYNTHETIC)
                 what = f"synthetic --synthetic-task {self.synthetic_task}" if t == "synthetic" else t
                 need(not pooled, f"--context-parallel {self.context_parallel}: --task {what} classifies whole "
-                                 f"sequences; context parallelism trains the token-level tasks (mlm, synthetic mqar)")
+                                 f"sequences; context parallelism trains the token-level tasks (mlm, synthetic "
+                                 f"{'/'.join(TOKEN_LEVEL_SYNTHETIC)})")
             for m in self.mixers:
                 cls = get_mixer_class(m)
                 able = [n for n in available_mixers() if get_mixer_class(n).context_parallel]
@@ -229,6 +243,8 @@ def coerce(name: str, value: Any) -> Any:
                 out = False
             else:
                 raise ValueError
+        elif kind is dict:
+            out = mixer_options(value)  # the flag is --mixer-option, given once per option
         elif kind is list:
             if isinstance(value, str):
                 out = [v.strip() for v in value.split(",") if v.strip()]
@@ -256,6 +272,69 @@ def coerce(name: str, value: Any) -> Any:
     if choices and out not in choices:
         raise UsageError(f"{flag}: {out!r} is not one of {', '.join(choices)}")
     return out
+
+
+def parse_option(text: str, flag: str) -> tuple[str, Any]:
+    """``"KEY=VALUE"`` -> (KEY, VALUE read as a Python literal, or the string itself when it is not one):
+    ``"allow_neg_eigval=True"`` -> ("allow_neg_eigval", True), ``"scan_impl=two_pass"`` -> ("scan_impl", "two_pass")."""
+    key, eq, raw = str(text).partition("=")
+    key = key.strip()
+    if not eq or not key.isidentifier():
+        raise UsageError(f"{flag}: expected KEY=VALUE with KEY an option name, got {text!r}")
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = raw.strip()
+    return key, value
+
+
+def mixer_options(value: Any, flag: str = "--mixer-option") -> dict:
+    """Mixer options from the command line (a list of ``KEY=VALUE``), a config file or a saved run (a mapping),
+    as a dict of JSON values (tuples become lists), so that a saved run reads back equal."""
+    if isinstance(value, dict):
+        items = [(str(k), v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [parse_option(v, flag) for v in value]
+    elif isinstance(value, str):
+        items = [parse_option(value, flag)]
+    else:
+        raise UsageError(f"{flag}: expected KEY=VALUE options or a mapping, got {value!r}")
+    out = {}
+    for key, v in items:
+        if key in out and out[key] != v:
+            raise UsageError(f"{flag}: {key} is given twice ({out[key]!r} and {v!r})")
+        try:
+            out[key] = json.loads(json.dumps(v, allow_nan=False))
+        except (TypeError, ValueError):
+            raise UsageError(f"{flag} {key}: {v!r} is not a plain value (a number, string, bool, None or a list of "
+                             f"them)") from None
+    return out
+
+
+def check_mixer_options(options: dict, mixers: list[str]) -> None:
+    """UsageError for an option that no mixer of ``mixers`` accepts (each mixer gets only those it accepts:
+    `options_for`), naming the options they do accept."""
+    from ..mixers import get_mixer_class
+    from ..mixers.registry import accepted_options
+
+    accepted = [accepted_options(get_mixer_class(m)) for m in mixers]
+    if any(a is None for a in accepted):  # a mixer that takes **kwargs checks its options itself when built
+        return
+    known = set().union(*accepted)
+    for key in options:
+        if key not in known:
+            from .._checks import did_you_mean
+            raise UsageError(f"--mixer-option {key}: no mixer of --mixers ({', '.join(mixers)}) accepts it (they "
+                             f"accept: {', '.join(sorted(known))}){did_you_mean(key, known)}")
+
+
+def options_for(options: dict, mixer: str) -> dict:
+    """The mixer options of ``options`` that ``mixer``'s class accepts (all of them for a **kwargs mixer)."""
+    from ..mixers import get_mixer_class
+    from ..mixers.registry import accepted_options
+
+    accepted = accepted_options(get_mixer_class(mixer))
+    return {k: v for k, v in options.items() if accepted is None or k in accepted}
 
 
 def load_config_file(path: str) -> dict:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from ..mixers import SequenceMixer, get_mixer_class
 from .checkpoints import (atomic_json, atomic_write, load_checkpoint, make_output_dir, new_run_id, resume_point,
                           run_config, save_checkpoint, save_model_dir)
-from .config import TrainConfig, UsageError
+from .config import TrainConfig, UsageError, options_for
 from .batching import batch_indices, make_batch, pack_rows, step_generator
 from .tasks import TaskData
 
@@ -122,7 +122,8 @@ def model_config(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size
               chunk_size=min(cfg.chunk_size, task.seq_len), num_attention_heads=cfg.num_heads,
               intermediate_size=intermediate_size, is_prenorm=cfg.prenorm, use_position_embeddings=pos,
               max_position_embeddings=task.seq_len, type_vocab_size=0, hidden_dropout_prob=cfg.dropout,
-              pooling=cfg.pooling, num_labels=max(task.num_labels, 2), pad_token_id=0)
+              pooling=cfg.pooling, num_labels=max(task.num_labels, 2), pad_token_id=0,
+              mixer_options=options_for(cfg.mixer_options, mixer))
     if task.kind == "image":
         kw.update(image_size=task.image_size, patch_size=cfg.patch_size, num_channels=task.num_channels)
     kw.update(label_maps(task))

@@ -74,7 +74,7 @@ def _run(cfg: TrainConfig) -> list[dict]:
     t0 = time.perf_counter()
     # everything that can fail on bad input happens here, before any training
     for task in tasks:  # model options first (cheap), with placeholder data sizes
-        if task in ("mlm", "classify") and not cfg.init_from:
+        if task in ("mlm", "classify", "synthetic") and not cfg.init_from:
             probe = TaskData("mlm", {}, {}, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
             for m in cfg.mixers:
                 model_config(cfg, probe, m, cfg.intermediate_size)

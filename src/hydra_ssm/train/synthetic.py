@@ -1,10 +1,13 @@
-"""Generated tasks: non-causal multi-query associative recall (MQAR) and ListOps.
+"""Generated tasks: non-causal multi-query associative recall (MQAR), ListOps, and the state-tracking tasks
+parity and S5 (the label at every position is a function of the whole sequence).
 
-Both are generated from fixed seeds (train and validation from different
+All are generated from fixed seeds (train and validation from different
 streams), independent of the training seed, so every mixer sees the same data.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import torch
@@ -117,5 +120,70 @@ def listops_data(cfg: TrainConfig) -> TaskData:
                     info={"source": "synthetic listops", "mean_len": float(np.mean([len(s) for s in x_tr]))})
 
 
+# ---------------------------------------------------------------------------------------------- state tracking
+PARITY_WORDS = ["0", "1"]
+# the 120 permutations of 0..4 in one-line notation, lexicographic order: "p01234" (the identity) maps i to the
+# i-th digit, e.g. "p10234" swaps 0 and 1
+S5_PERMUTATIONS = np.array(list(itertools.permutations(range(5))), dtype=np.int64)  # (120, 5)
+S5_WORDS = ["p" + "".join(map(str, p)) for p in S5_PERMUTATIONS]
+
+
+def s5_compose_table() -> np.ndarray:
+    """(120, 120) table ``T[a, b]`` = index of ``a ∘ b`` (apply b, then a: (a ∘ b)(i) = a(b(i)))."""
+    P = S5_PERMUTATIONS
+    composed = P[:, P]  # [a, b, i] = P[a, P[b, i]]
+    code = composed @ (5 ** np.arange(4, -1, -1))  # a permutation read as a base-5 number: its index by lookup
+    lookup = np.full(5 ** 5, -1, dtype=np.int64)
+    lookup[P @ (5 ** np.arange(4, -1, -1))] = np.arange(len(P))
+    return lookup[code]
+
+
+def _framed(body: np.ndarray, answer: np.ndarray, first_word: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[CLS] body [SEP]`` ids (n, L + 2) for word indices ``body`` (n, L), and labels (n, L + 2): the word id
+    of ``answer`` (n,) at every body position, -100 at [CLS] and [SEP]."""
+    n, L = body.shape
+    ids = np.empty((n, L + 2), dtype=np.int64)
+    ids[:, 0], ids[:, -1] = CLS, SEP
+    ids[:, 1:-1] = first_word + body
+    labels = np.full((n, L + 2), -100, dtype=np.int64)
+    labels[:, 1:-1] = (first_word + answer)[:, None]
+    return torch.from_numpy(ids), torch.from_numpy(labels)
+
+
+def parity_examples(n: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` sequences ``[CLS] b_1 ... b_L [SEP]`` of ``length`` uniform random bits (words "0", "1"); the label at
+    every bit is the parity b_1 xor ... xor b_L of the whole sequence (the id of "0" or "1"), -100 at [CLS]/[SEP].
+    A position's answer depends on the bits on both sides of it. Returns ids and labels, both (n, length + 2)."""
+    bits = np.random.default_rng(seed).integers(0, 2, size=(n, length))
+    return _framed(bits, bits.sum(1) % 2, len(SPECIALS))
+
+
+def s5_examples(n: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` words ``[CLS] g_1 ... g_L [SEP]`` of ``length`` uniform random elements of the symmetric group S5
+    (tokens `S5_WORDS`); the label at every element is the product ``g_1 g_2 ... g_L = g_1 ∘ g_2 ∘ ... ∘ g_L``
+    (functions composed right to left: the product maps i to g_1(g_2(...g_L(i)))), one of 120 classes (its
+    word's id), -100 at [CLS]/[SEP]. Returns ids and labels, both (n, length + 2)."""
+    g = np.random.default_rng(seed).integers(0, len(S5_WORDS), size=(n, length))
+    table = s5_compose_table()
+    product = g[:, -1].copy()
+    for t in range(length - 2, -1, -1):  # g_t ∘ (g_{t+1} ∘ ... ∘ g_L)
+        product = table[g[:, t], product]
+    return _framed(g, product, len(SPECIALS))
+
+
+def state_tracking_data(cfg: TrainConfig) -> TaskData:
+    """The parity or s5 task of ``cfg.synthetic_task``: sequences of ``--state-len`` tokens, a label at every one."""
+    words, make = {"parity": (PARITY_WORDS, parity_examples), "s5": (S5_WORDS, s5_examples)}[cfg.synthetic_task]
+    x_tr, y_tr = make(cfg.synthetic_train_size, cfg.state_len, seed=TRAIN_SEED)
+    x_va, y_va = make(cfg.synthetic_val_size, cfg.state_len, seed=VAL_SEED)
+    return TaskData("lm", {"input_ids": x_tr, "labels": y_tr}, {"input_ids": x_va, "labels": y_va},
+                    vocab_size=len(SPECIALS) + len(words), seq_len=x_tr.shape[1], tokenizer=word_level_tokenizer(words),
+                    info={"source": f"synthetic {cfg.synthetic_task}", "state_len": cfg.state_len})
+
+
 def synthetic_data(cfg: TrainConfig) -> TaskData:
-    return mqar_data(cfg) if cfg.synthetic_task == "mqar" else listops_data(cfg)
+    if cfg.synthetic_task == "mqar":
+        return mqar_data(cfg)
+    if cfg.synthetic_task == "listops":
+        return listops_data(cfg)
+    return state_tracking_data(cfg)
