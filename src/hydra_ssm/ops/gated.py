@@ -265,9 +265,9 @@ def _causal_chunked(x, q, k, log_decay, phase, chunk_size: int) -> torch.Tensor:
     across = _exp(G_end, Phi_end, dtype).squeeze(-2).unsqueeze(-1)  # (c, B, H, N, 1)
     state = torch.zeros_like(dS[0])
     entering = []
-    for c in range(dS.shape[0]):
+    for decay_c, dS_c in zip(across.unbind(0), dS.unbind(0)):  # unbind: one backward for all (select: one each)
         entering.append(state)
-        state = across[c] * state + dS[c]
+        state = decay_c * state + dS_c
     S = torch.stack(entering)  # (c, B, H, N, P)
 
     # 4. the entering states read out
