@@ -77,6 +77,9 @@ from .bidirectional import combine_directions, combine_matrices
 # (absolute error ~ 2^-24 * 256 = 1.5e-5 in an exponent), as in ``chunked.py``.
 _FLOAT32_LOG_DECAY_LIMIT = 256.0
 
+# Positions per sub-chunk: pairs inside one use an explicit (sub, sub, N) decay factor.
+_SUB_CHUNK = 8
+
 
 # ---------------------------------------------------------------- checks
 def _check_q(q, name: str, device, complex_ok: bool) -> None:
@@ -237,22 +240,58 @@ def _exp(re: torch.Tensor, im: torch.Tensor | None, dtype: torch.dtype) -> torch
     return magnitude if im is None else torch.polar(magnitude, im)
 
 
+def _real(t: torch.Tensor) -> torch.Tensor:
+    return t.real if t.is_complex() else t
+
+
+def _chunk_scores(G, Phi, q, k, sub: int, dtype: torch.dtype) -> torch.Tensor:
+    """Scores inside every chunk, (c, B, H, Q, Q): Re sum_n q_in k_jn exp(G_in - G_jn) for j <= i, else 0.
+
+    G, Phi (phase or None), q, k: (c, B, H, Q, N), Q a multiple of ``sub``. Pairs in one sub-chunk of
+    ``sub`` positions use the explicit (sub, sub, N) factor; pairs in different sub-chunks v < u go through
+    the end R_u of sub-chunk u - 1, between them: (q_i exp(G_i - R_u)) . (k_j exp(R_u - G_j)), both
+    exponents <= 0, one matmul per sub-chunk.
+    """
+    c, b, h, Q, n = G.shape
+    U = Q // sub
+    Gs, qs, ks = (t.view(c, b, h, U, sub, n) for t in (G, q, k))
+    Phis = None if Phi is None else Phi.view(c, b, h, U, sub, n)
+    # pairs in one sub-chunk: decay[i, j] = exp(G_i - G_j), masked to j <= i before the exponential
+    keep = torch.ones(sub, sub, dtype=torch.bool, device=G.device).tril()[:, :, None]
+    re = (Gs.unsqueeze(-2) - Gs.unsqueeze(-3)).masked_fill(~keep, float("-inf"))
+    im = None if Phis is None else Phis.unsqueeze(-2) - Phis.unsqueeze(-3)  # finite; the magnitude is 0 above
+    decay = _exp(re, im, dtype)  # (c, B, H, U, sub, sub, N)
+    inner = _real(torch.matmul(decay * ks.unsqueeze(-3), qs.unsqueeze(-1)).squeeze(-1))  # (c, B, H, U, sub, sub)
+    eye = torch.eye(U, dtype=inner.dtype, device=G.device)[:, None, :, None]  # (U, 1, U, 1)
+    scores = (inner.unsqueeze(-2) * eye).view(c, b, h, Q, Q)  # the diagonal blocks
+    if U == 1:
+        return scores
+    # pairs across sub-chunks, through R_u (R_0 = 0 is never used: sub-chunk 0 has nothing before it)
+    R = torch.nn.functional.pad(Gs[..., :-1, -1, :], (0, 0, 1, 0))  # (c, B, H, U, N)
+    Ri = None if Phis is None else torch.nn.functional.pad(Phis[..., :-1, -1, :], (0, 0, 1, 0))
+    q_in = qs * _exp(Gs - R.unsqueeze(-2), None if Phis is None else Phis - Ri.unsqueeze(-2), dtype)
+    positions = torch.arange(Q, device=G.device)
+    before = (positions[None, :] < positions[::sub, None])[..., None]  # (U, Q, 1): j in a sub-chunk before u
+    re = (R.unsqueeze(-2) - G.unsqueeze(3)).masked_fill(~before, float("-inf"))  # (c, B, H, U, Q, N)
+    im = None if Phis is None else Ri.unsqueeze(-2) - Phi.unsqueeze(3)
+    k_out = k.unsqueeze(3) * _exp(re, im, dtype)
+    across = _real(torch.matmul(q_in, k_out.transpose(-1, -2)))  # (c, B, H, U, sub, Q)
+    return scores + across.view(c, b, h, Q, Q)
+
+
 def _causal_chunked(x, q, k, log_decay, phase, chunk_size: int) -> torch.Tensor:
     """The causal scan on checked, cast inputs (module notes); returns (B, L, H, P) in x's dtype."""
     l = x.shape[1]
     dtype = x.dtype
     Q = min(chunk_size, l)
+    if chunk_size % _SUB_CHUNK == 0:  # a short sequence: one chunk, padded to whole sub-chunks
+        Q = -(-Q // _SUB_CHUNK) * _SUB_CHUNK
+    sub = _SUB_CHUNK if Q % _SUB_CHUNK == 0 else Q
     G, Phi = _chunk_log_decays(log_decay, phase, Q, dtype)  # (c, B, H, Q, N)
     xc, qc, kc = (to_chunks(t, Q) for t in (x, q, k))  # (c, B, H, Q, P | N)
 
-    # 1. inside the chunks: decay[i, j] = exp(G_i - G_j) for j <= i
-    keep = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()[:, :, None]
-    re = (G.unsqueeze(-2) - G.unsqueeze(-3)).masked_fill(~keep, float("-inf"))
-    im = None if Phi is None else (Phi.unsqueeze(-2) - Phi.unsqueeze(-3)).masked_fill(~keep, 0.0)
-    decay = _exp(re, im, dtype)  # (c, B, H, Q, Q, N)
-    scores = torch.matmul(decay * kc.unsqueeze(-3), qc.unsqueeze(-1)).squeeze(-1)  # (c, B, H, Q, Q)
-    if scores.is_complex():
-        scores = scores.real
+    # 1. inside the chunks
+    scores = _chunk_scores(G, Phi, qc, kc, sub, dtype)  # (c, B, H, Q, Q)
     y = torch.matmul(scores, xc)  # (c, B, H, Q, P)
 
     # 2. what each chunk hands on
@@ -267,7 +306,7 @@ def _causal_chunked(x, q, k, log_decay, phase, chunk_size: int) -> torch.Tensor:
     entering = []
     for decay_c, dS_c in zip(across.unbind(0), dS.unbind(0)):  # unbind: one backward for all (select: one each)
         entering.append(state)
-        state = decay_c * state + dS_c
+        state = torch.addcmul(dS_c, decay_c, state)
     S = torch.stack(entering)  # (c, B, H, N, P)
 
     # 4. the entering states read out
