@@ -124,6 +124,30 @@ def test_gated_chunked_float32_huge_decays_exact_and_finite():
         assert torch.isfinite(torch.view_as_real(t.grad) if t.grad.is_complex() else t.grad).all()
 
 
+@pytest.mark.parametrize("step", [-7.9, -8.1, -63.0, -65.0, -200.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gated_chunked_both_sides_of_the_factor_limit(step, dtype):
+    """Sub-chunks (8 positions) whose decay is just below and just above the factored scores' limit
+    (64 in float32, 512 in float64): either path, the reference's values and gradients."""
+    s = dict(b=1, l=29, h=1, p=2, n=3, seed=9, scale=1.0, edge_fraction=0.0, phase="complex q")
+    x, q, k, _, phase = causal_inputs(s)
+    log_decay = torch.full(q.shape, step, dtype=torch.float64)
+    log_decay[:, ::3] = -0.01  # some pairs within reach of each other
+    cast = [t.to(dtype if not t.is_complex() else {torch.float32: torch.complex64}.get(dtype, t.dtype))
+            for t in (x, q, k, log_decay, phase)]
+    tol = TOL if dtype == torch.float64 else 1e-5
+    leaves = [t.requires_grad_() for t in cast]
+    ref_leaves = [t.detach().to(torch.complex128 if t.is_complex() else torch.float64).requires_grad_()
+                  for t in cast]
+    y, y_ref = gated_chunked(*leaves, chunk_size=16), gated_ref(*ref_leaves)
+    torch.testing.assert_close(y.detach().double(), y_ref.detach(), rtol=tol, atol=tol)
+    weight = (torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64),)
+    for name, a, b in zip(CAUSAL_NAMES, gradients((y,), (weight[0].to(dtype),), leaves),
+                          gradients((y_ref,), weight, ref_leaves)):
+        torch.testing.assert_close(a.to(b.dtype), b, rtol=tol, atol=tol * max(1.0, float(b.abs().max())),
+                                   msg=lambda m: f"gradient of {name}: {m}")
+
+
 def test_gated_scalar_decay_is_mamba2():
     """log_decay = dt * A equal across n, k = B * dt, q = C: the causal SSD."""
     b, l, h, p, n = 2, 11, 3, 4, 5

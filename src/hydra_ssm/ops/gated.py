@@ -27,19 +27,30 @@ The chunked scan
 
 The sequence is cut into chunks of Q positions (the last one zero-padded:
 padded positions have k = 0 and log_decay = 0, so they add nothing and decay
-nothing). Inside a chunk, G is the cumulative log decay from the chunk start
-(inclusive), so Re G is <= 0 and non-increasing. Every exponential taken is of
-a difference ``G_later - G_earlier`` (or of G itself, the decay from the chunk
-start), whose real part is <= 0: no exponential exceeds 1 for any length or
-decay, and a huge decay (log_decay = -1e4) underflows to an exact 0 instead of
-overflowing. The strict upper triangle is masked to -inf *before* the
-exponential, so no inf ever meets a 0 (values and gradients stay finite).
+nothing), and every chunk into sub-chunks of ``_SUB_CHUNK`` = 8. Inside a
+chunk, G is the cumulative log decay from the chunk start (inclusive), so Re G
+is <= 0 and non-increasing. Every exponential taken is of a difference
+``G_later - G_earlier`` (or of G itself), whose real part is <= 0, with one
+bounded exception (below): nothing overflows for any length or decay, and a
+huge decay (log_decay = -1e4) underflows to an exact 0. Pairs that must not
+meet are masked to -inf *before* the exponential, so no inf ever meets a 0
+(values and gradients stay finite).
 
-1. inside a chunk: the scores ``Re sum_n q_in k_jn exp(G_in - G_jn)`` from an
-   explicit (Q, Q, N) factor (masked to j <= i), then one matmul with x;
+1. inside a chunk, the scores ``Re sum_n q_in k_jn exp(G_in - G_jn)`` (j <= i),
+   then one matmul with x. The queries of sub-chunk u meet the keys through
+   the point R_u where u starts: ``(q_i exp(G_i - R_u)) . (k_j exp(R_u - G_j))``,
+   one (sub x N) @ (N x Q) matmul per sub-chunk. For keys before R_u both
+   exponents are <= 0 (exact, stable). For keys inside u, R_u - G_j >= 0 but at
+   most the sub-chunk's own decay; when that is below ``_FACTOR_LIMIT`` (64 in
+   float32, 512 in float64) in every sub-chunk, these pairs take the same
+   matmul (factors below e^64 and above e^-64: finite and normal numbers; the
+   unwanted upper triangle is set to 0 after the matmul). Otherwise (a decay
+   that large already underflows the pairs it separates) they use an explicit
+   (sub, sub, N) factor exp(G_i - G_j), masked before the exponential;
 2. what a chunk hands on: ``dS = sum_j (k_j * exp(G_end - G_j)) x_j^T`` (N x P);
-3. the carry, a loop over chunks: ``S_{c+1} = exp(G_end) * S_c + dS_c`` (S_0 = 0),
-   keeping the state entering every chunk;
+3. the carry, a loop over chunks in place (``_Carry``, with its own backward
+   loop): ``S_{c+1} = exp(G_end) * S_c + dS_c`` (S_0 = 0), keeping the state
+   entering every chunk;
 4. the entering states read out for all chunks at once:
    ``y_i += Re((q_i * exp(G_i))^T S_c)``.
 
@@ -47,13 +58,22 @@ Precision of the log decays: G is summed in float64. In a float32 computation
 it is rounded to float32 unless some chunk's total decay exceeds 256 in
 magnitude: a difference of two large float32 sums would lose the small
 difference between them (absolute error 2^-24 |G|), so G then stays in float64
-and only the exponentials are rounded (one host synchronisation reads the
-largest chunk total; none while tracing).
+and only the exponentials are rounded. The two choices (float32 G, factored
+scores) are read in one host synchronisation; while tracing, none: G in float64
+and the explicit factor, exact for any input.
 
-Memory per chunk and head: the (Q, Q, N) factor (real, or complex with phase)
-and its masked exponent, Q x Q scores, and the N x P states; over the whole
-sequence O(L Q N) with nothing L x L. Gradients are those of autograd through
-these torch operations (exact: the same masked exponentials).
+Cost and memory per chunk and head: the keys seen from every sub-chunk
+(Q/sub, Q, N) and the Q x Q scores (plus the (sub, sub, N) factors on the
+explicit path), and the N x P states: O(L (Q N / sub + Q + N P / Q)) per
+head over the whole sequence, nothing L x L. Gradients are autograd's through these torch
+operations (the same masked exponentials), except the carry's, written out in
+``_Carry``. The bidirectional scan runs both directions as one causal scan
+(the backward one reversed, as extra heads).
+
+Default chunk of 32: fastest measured (bi_gated_chunked fwd+bwd, L = 16384,
+H = 4, P = 128, N = 16, float32, one thread: 16 and 32 alike, 64 about 1.5x
+slower); larger chunks pay Q/sub keys per position, smaller ones more carry
+steps and smaller matmuls.
 
 Arguments are checked before any computation, as for the other scans
 (``_shapes``): shapes (``ValueError`` naming the argument), real floating
@@ -66,7 +86,10 @@ has x's dtype. Batch 0 or length 0 give an empty output, with gradients.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
+import torch.nn.functional as F
 
 from .._checks import tracing
 from ._layout import check_chunk_size, from_chunks, to_chunks
@@ -76,6 +99,13 @@ from .bidirectional import combine_directions, combine_matrices
 # Largest |total log decay| of a chunk for which float32 log decays are exact enough
 # (absolute error ~ 2^-24 * 256 = 1.5e-5 in an exponent), as in ``chunked.py``.
 _FLOAT32_LOG_DECAY_LIMIT = 256.0
+
+# Positions per sub-chunk (see ``_chunk_scores``).
+_SUB_CHUNK = 8
+
+# Largest decay |sum of log_decay| of a sub-chunk for which the factored scores are used: their factors
+# reach exp(limit) (float32: 6e27 of 3e38; float64: 1e222 of 1.8e308) and exp(-limit) stays a normal number.
+_FACTOR_LIMIT = {torch.float32: 64.0, torch.float64: 512.0}
 
 
 # ---------------------------------------------------------------- checks
@@ -219,16 +249,29 @@ def gated_loop(x, q, k, log_decay, phase=None) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- chunked
-def _chunk_log_decays(log_decay, phase, q_len: int, dtype: torch.dtype):
-    """Cumulative log decays inside every chunk, (c, B, H, Q, N): real part (float64 or ``dtype``, see the
-    module notes) and phase (``dtype``, or None)."""
+class ChunkLogDecays(NamedTuple):
+    """Cumulative log decays inside every chunk (see :func:`_chunk_log_decays`)."""
+
+    G: torch.Tensor  # (c, B, H, Q, N) real part: float64, or the compute dtype where that is exact enough
+    Phi: torch.Tensor | None  # (c, B, H, Q, N) cumulative phase, or None
+    factored: bool  # every sub-chunk's decay is small enough for the factored scores
+
+
+def _chunk_log_decays(log_decay, phase, q_len: int, sub: int, dtype: torch.dtype) -> ChunkLogDecays:
+    """G and Phi summed from each chunk's start, and the two choices they allow (module notes): float32 G
+    (every chunk's total decay <= 256) and factored scores (every sub-chunk's <= the factor limit). Both
+    read in one host synchronisation; while tracing, the choices that are exact for any input."""
     G = torch.cumsum(to_chunks(log_decay.double(), q_len), dim=3)
-    if dtype != torch.float64:
-        largest = 0.0 if tracing() else float(-G[:, :, :, -1].detach().min())
-        if largest <= _FLOAT32_LOG_DECAY_LIMIT:  # NaN: kept in float64
-            G = G.to(dtype)
+    ends = G[:, :, :, sub - 1::sub]  # (c, B, H, U, N): G at the end of every sub-chunk
+    sub_decay = torch.cat([ends[:, :, :, :1], ends[:, :, :, 1:] - ends[:, :, :, :-1]], dim=3)  # <= 0
+    if tracing():
+        largest_chunk, largest_sub = float("inf"), float("inf")
+    else:
+        largest_chunk, largest_sub = torch.stack([-G[:, :, :, -1].min(), -sub_decay.min()]).tolist()
+    if dtype != torch.float64 and largest_chunk <= _FLOAT32_LOG_DECAY_LIMIT:  # NaN: kept in float64
+        G = G.to(dtype)
     Phi = None if phase is None else torch.cumsum(to_chunks(phase, q_len), dim=3)
-    return G, Phi
+    return ChunkLogDecays(G, Phi, largest_sub <= _FACTOR_LIMIT[dtype])
 
 
 def _exp(re: torch.Tensor, im: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
@@ -237,22 +280,93 @@ def _exp(re: torch.Tensor, im: torch.Tensor | None, dtype: torch.dtype) -> torch
     return magnitude if im is None else torch.polar(magnitude, im)
 
 
+class _Carry(torch.autograd.Function):
+    """The states entering every chunk: S_0 = 0, S_{c+1} = a_c * S_c + dS_c.
+
+    a: (c, B, H, N, 1) decays across the chunks, dS: (c, B, H, N, P) what each chunk adds (real or complex).
+    Returns S (c, B, H, N, P). A loop over chunks in place, forward and backward, instead of a graph of
+    two nodes per chunk. Backward (a loop from the last chunk), with g the gradient of S and h_c that of
+    the state S_c through all its uses (h_c = 0 past the last chunk)::
+
+        h_c = g_c + conj(a_c) h_{c+1},   d dS_c = h_{c+1},   d a_c = sum_p h_{c+1} conj(S_c)
+    """
+
+    @staticmethod
+    def forward(ctx, a, dS):
+        S = torch.empty_like(dS)
+        S[0] = 0
+        for c in range(dS.shape[0] - 1):
+            torch.addcmul(dS[c], a[c], S[c], out=S[c + 1])
+        ctx.save_for_backward(a, S)
+        return S
+
+    @staticmethod
+    def backward(ctx, g):
+        a, S = ctx.saved_tensors
+        a_conj = a.conj()
+        g_dS = torch.empty_like(S)  # g_dS[c] = h_{c+1}
+        g_dS[-1] = 0  # the state leaving the last chunk is not used
+        for c in range(S.shape[0] - 1, 0, -1):
+            torch.addcmul(g[c], a_conj[c], g_dS[c], out=g_dS[c - 1])
+        g_a = (g_dS * S.conj()).sum(-1, keepdim=True)
+        return g_a, g_dS
+
+
+def _real(t: torch.Tensor) -> torch.Tensor:
+    return t.real if t.is_complex() else t
+
+
+def _chunk_scores(G, Phi, q, k, sub: int, dtype: torch.dtype, factored: bool) -> torch.Tensor:
+    """Scores inside every chunk, (c, B, H, Q, Q): Re sum_n q_in k_jn exp(G_in - G_jn) for j <= i, else 0.
+
+    G, Phi (phase or None), q, k: (c, B, H, Q, N), Q a multiple of ``sub``. Queries of sub-chunk u (of
+    ``sub`` positions) meet the keys through the point R_u where the sub-chunk starts (the end of
+    sub-chunk u - 1; the chunk start for u = 0): (q_i exp(G_i - R_u)) . (k_j exp(R_u - G_j)), one matmul
+    per sub-chunk. For keys before R_u both exponents are <= 0. For keys inside sub-chunk u the second is
+    >= 0, at most the sub-chunk's decay: ``factored`` says it is below ``_FACTOR_LIMIT`` everywhere, and
+    those pairs go through the same matmul; otherwise they use an explicit (sub, sub, N) factor
+    exp(G_i - G_j), masked to j <= i before the exponential, exact for any decay.
+    """
+    c, b, h, Q, n = G.shape
+    U = Q // sub
+    Gs, qs, ks = (t.view(c, b, h, U, sub, n) for t in (G, q, k))
+    Phis = None if Phi is None else Phi.view(c, b, h, U, sub, n)
+    R = F.pad(Gs[..., :-1, -1, :], (0, 0, 1, 0))  # (c, B, H, U, N)
+    Ri = None if Phis is None else F.pad(Phis[..., :-1, -1, :], (0, 0, 1, 0))
+    q_in = qs * _exp(Gs - R.unsqueeze(-2), None if Phis is None else Phis - Ri.unsqueeze(-2), dtype)
+    positions = torch.arange(Q, device=G.device)
+    # keys read by sub-chunk u: those before it, and (factored) those inside it
+    reach = positions[::sub, None] + (sub if factored else 0)  # (U, 1)
+    re = (R.unsqueeze(-2) - G.unsqueeze(3)).masked_fill(~(positions < reach)[..., None], float("-inf"))
+    im = None if Phis is None else Ri.unsqueeze(-2) - Phi.unsqueeze(3)
+    k_out = k.unsqueeze(3) * _exp(re, im, dtype)  # (c, B, H, U, Q, N)
+    scores = _real(torch.matmul(q_in, k_out.transpose(-1, -2))).view(c, b, h, Q, Q)
+    lower = torch.ones(Q, Q, dtype=torch.bool, device=G.device).tril()
+    if factored:  # the upper triangle of the diagonal blocks is finite but not wanted
+        return scores.masked_fill(~lower, 0.0)
+    # pairs inside one sub-chunk: decay[i, j] = exp(G_i - G_j), masked to j <= i before the exponential
+    keep = lower[:sub, :sub, None]
+    re = (Gs.unsqueeze(-2) - Gs.unsqueeze(-3)).masked_fill(~keep, float("-inf"))
+    im = None if Phis is None else Phis.unsqueeze(-2) - Phis.unsqueeze(-3)  # finite; the magnitude is 0 above
+    decay = _exp(re, im, dtype)  # (c, B, H, U, sub, sub, N)
+    inner = _real(torch.matmul(decay * ks.unsqueeze(-3), qs.unsqueeze(-1)).squeeze(-1))  # (c, B, H, U, sub, sub)
+    eye = torch.eye(U, dtype=inner.dtype, device=G.device)[:, None, :, None]  # (U, 1, U, 1)
+    return scores + (inner.unsqueeze(-2) * eye).view(c, b, h, Q, Q)  # plus the diagonal blocks
+
+
 def _causal_chunked(x, q, k, log_decay, phase, chunk_size: int) -> torch.Tensor:
     """The causal scan on checked, cast inputs (module notes); returns (B, L, H, P) in x's dtype."""
     l = x.shape[1]
     dtype = x.dtype
     Q = min(chunk_size, l)
-    G, Phi = _chunk_log_decays(log_decay, phase, Q, dtype)  # (c, B, H, Q, N)
+    if chunk_size % _SUB_CHUNK == 0:  # a short sequence: one chunk, padded to whole sub-chunks
+        Q = -(-Q // _SUB_CHUNK) * _SUB_CHUNK
+    sub = _SUB_CHUNK if Q % _SUB_CHUNK == 0 else Q
+    G, Phi, factored = _chunk_log_decays(log_decay, phase, Q, sub, dtype)  # (c, B, H, Q, N)
     xc, qc, kc = (to_chunks(t, Q) for t in (x, q, k))  # (c, B, H, Q, P | N)
 
-    # 1. inside the chunks: decay[i, j] = exp(G_i - G_j) for j <= i
-    keep = torch.ones(Q, Q, dtype=torch.bool, device=x.device).tril()[:, :, None]
-    re = (G.unsqueeze(-2) - G.unsqueeze(-3)).masked_fill(~keep, float("-inf"))
-    im = None if Phi is None else (Phi.unsqueeze(-2) - Phi.unsqueeze(-3)).masked_fill(~keep, 0.0)
-    decay = _exp(re, im, dtype)  # (c, B, H, Q, Q, N)
-    scores = torch.matmul(decay * kc.unsqueeze(-3), qc.unsqueeze(-1)).squeeze(-1)  # (c, B, H, Q, Q)
-    if scores.is_complex():
-        scores = scores.real
+    # 1. inside the chunks
+    scores = _chunk_scores(G, Phi, qc, kc, sub, dtype, factored)  # (c, B, H, Q, Q)
     y = torch.matmul(scores, xc)  # (c, B, H, Q, P)
 
     # 2. what each chunk hands on
@@ -263,12 +377,7 @@ def _causal_chunked(x, q, k, log_decay, phase, chunk_size: int) -> torch.Tensor:
 
     # 3. the carry across chunks, keeping the state entering each
     across = _exp(G_end, Phi_end, dtype).squeeze(-2).unsqueeze(-1)  # (c, B, H, N, 1)
-    state = torch.zeros_like(dS[0])
-    entering = []
-    for c in range(dS.shape[0]):
-        entering.append(state)
-        state = across[c] * state + dS[c]
-    S = torch.stack(entering)  # (c, B, H, N, P)
+    S = _Carry.apply(across, dS)  # (c, B, H, N, P)
 
     # 4. the entering states read out
     q_dec = qc * _exp(G, Phi, dtype)
@@ -277,7 +386,7 @@ def _causal_chunked(x, q, k, log_decay, phase, chunk_size: int) -> torch.Tensor:
     return from_chunks(y, l)
 
 
-def gated_chunked(x, q, k, log_decay, phase=None, chunk_size: int = 64) -> torch.Tensor:
+def gated_chunked(x, q, k, log_decay, phase=None, chunk_size: int = 32) -> torch.Tensor:
     """The causal gated recurrence by chunks (see the module notes); exact, O(L) memory.
 
     Args:
@@ -328,7 +437,7 @@ def bi_gated_ref(x, q_fwd, k_fwd, log_decay_fwd, q_bwd, k_bwd, log_decay_bwd, D=
 
 
 def bi_gated_chunked(x, q_fwd, k_fwd, log_decay_fwd, q_bwd, k_bwd, log_decay_bwd, D=None, phase_fwd=None,
-                     phase_bwd=None, chunk_size: int = 64) -> torch.Tensor:
+                     phase_bwd=None, chunk_size: int = 32) -> torch.Tensor:
     """The bidirectional gated mixer ``shift(causal_f(x)) + flip(shift(causal_b(flip x))) + D * x`` by chunks.
 
     Args:
