@@ -219,7 +219,7 @@ def delta_ref(x, q, k, beta):
 
 # ---------------------------------------------------------------- chunked
 def _chunk_major(t: torch.Tensor, c: int, q: int) -> torch.Tensor:
-    """(B, L, H, *rest) zero-padded to L = c * Q -> (B, H, c, Q, *rest)."""
+    """(B, L, H, *rest) zero-padded to L = c * Q -> (B, H, c, Q, *rest) (a view when L = c * Q)."""
     b, l, h = t.shape[:3]
     rest = t.shape[3:]
     if c * q != l:
@@ -228,49 +228,61 @@ def _chunk_major(t: torch.Tensor, c: int, q: int) -> torch.Tensor:
     return t.permute(0, 3, 1, 2, *range(4, t.dim()))
 
 
-def _delta_scan(x, q, k, beta, chunk: int) -> torch.Tensor:
+def _values_by_chunk(x: torch.Tensor, c: int, q: int, with_reversed: bool) -> torch.Tensor:
+    """x (B, L, H, P) -> (B, H, c, Q, P) contiguous, zero-padded to c * Q positions; with_reversed:
+    (2B, H, c, Q, P), the reversed sequences after the others. Each copy is one pass over x."""
+    b, l, h, p = x.shape
+    out = x.new_empty((2 if with_reversed else 1) * b, h, c * q, p)
+    out[:b, :, :l] = x.transpose(1, 2)
+    if with_reversed:
+        out[b:, :, :l] = x.flip(1).transpose(1, 2)
+    out[:, :, l:] = 0
+    return out.view(-1, h, c, q, p)
+
+
+def _delta_scan(xc, q, k, beta, chunk: int) -> torch.Tensor:
     """The chunked causal delta rule (see the module notes) on inputs of one dtype, B > 0, L > 0.
 
-    x: (B, L, H, P), q: (B, L, H, N), k: (B, L, H, R, N), beta: (B, L, H, R) -> (B, L, H, P).
+    xc: (B, H, c, Q, P) the values by chunk (:func:`_values_by_chunk`), q: (B, L, H, N),
+    k: (B, L, H, R, N), beta: (B, L, H, R). Returns (B, L, H, P), a strided view.
     """
-    b, l, h, p = x.shape
-    r, n = k.shape[3], k.shape[4]
-    c = num_chunks(l, chunk)
+    b, h, c, _, p = xc.shape
+    l, r, n = k.shape[1], k.shape[3], k.shape[4]
     steps = chunk * r  # C: steps per chunk, token-major then factor
-    xc = _chunk_major(x, c, chunk)  # (B, H, c, Q, P)
     qc = _chunk_major(q, c, chunk)  # (B, H, c, Q, N)
     kc = _chunk_major(k, c, chunk).reshape(b, h, c, steps, n)  # (B, H, c, C, N)
-    bc = _chunk_major(beta, c, chunk).reshape(b, h, c, steps, 1)  # (B, H, c, C, 1)
-    # the values of the steps: each token's x repeated over its R factors
-    vc = xc if r == 1 else xc.repeat_interleave(r, dim=3)  # (B, H, c, C, P)
+    bc = _chunk_major(beta, c, chunk).reshape(b, h, c, steps)  # (B, H, c, C)
 
-    # 1. all chunks at once: W and U from one unitriangular solve, then what each chunk hands on and reads
-    system = torch.tril(bc * (kc @ kc.transpose(-1, -2)), diagonal=-1)  # diag(beta) StrictLower(K K^T)
-    system = system + torch.eye(steps, dtype=x.dtype, device=x.device)
-    wu = torch.linalg.solve_triangular(system, bc * torch.cat([kc, vc], dim=-1), upper=False, unitriangular=True)
-    W, U = wu[..., :n], wu[..., n:]  # (B, H, c, C, N), (B, H, c, C, P)
-    kt = kc.transpose(-1, -2)
-    transition = torch.eye(n, dtype=x.dtype, device=x.device) - kt @ W  # (B, H, c, N, N)
-    write = kt @ U  # (B, H, c, N, P)
-    reads = torch.arange(steps, device=x.device) // r <= torch.arange(chunk, device=x.device)[:, None]  # (Q, C)
+    # 1. all chunks at once: T from one unitriangular solve, then what each chunk hands on and reads
+    kt = kc.transpose(-1, -2)  # (B, H, c, N, C)
+    # diag(beta) K K^T: the solver reads only its strict lower triangle (unit diagonal), and so does its gradient
+    system = (bc.unsqueeze(-1) * kc) @ kt
+    T = torch.linalg.solve_triangular(system, torch.diag_embed(bc), upper=False, unitriangular=True)  # (.., C, C)
+    W = T @ kc  # (B, H, c, C, N)
+    # U = T V with V each token's value repeated over its factors: U = (T summed over each token's columns) X
+    TE = T if r == 1 else T.view(b, h, c, steps, chunk, r).sum(-1)  # (B, H, c, C, Q)
+    reads = torch.arange(steps, device=xc.device) // r <= torch.arange(chunk, device=xc.device)[:, None]  # (Q, C)
     qk = (qc @ kt) * reads  # (B, H, c, Q, C): token t's query reads the steps of tokens <= t
-    local = qk @ U  # (B, H, c, Q, P)
-    queries = qc - qk @ W  # (B, H, c, Q, N)
+    transition = torch.eye(n, dtype=xc.dtype, device=xc.device) - kt @ W  # (B, H, c, N, N): I - K^T W
+    write = (kt @ TE) @ xc  # (B, H, c, N, P): K^T U
+    queries = qc - qk @ W  # (B, H, c, Q, N): Q - Mask(Q K^T) W
 
-    # 2. the states entering the chunks: the only loop
-    transition = transition.reshape(b * h, c, n, n)
-    write = write.reshape(b * h, c, n, p)
-    state = x.new_zeros(b * h, n, p)
+    # 2. the states entering the chunks: the only loop.
+    # Unbound once: indexing chunk i in the loop would cost a full-size gradient per chunk in the backward pass.
+    transitions = transition.reshape(b * h, c, n, n).unbind(1)
+    writes = write.reshape(b * h, c, n, p).unbind(1)
+    state = xc.new_zeros(b * h, n, p)
     entering = []
     for i in range(c):
         entering.append(state)
         if i + 1 < c:
-            state = torch.baddbmm(write[:, i], transition[:, i], state)
-    entering = torch.stack(entering, dim=1).view(b, h, c, n, p)
+            state = torch.baddbmm(writes[i], transitions[i], state)
+    entering = torch.stack(entering, dim=1).view(b * h * c, n, p)
 
-    # 3. the outputs of all chunks at once
-    y = local + queries @ entering  # (B, H, c, Q, P)
-    return y.permute(0, 2, 3, 1, 4).reshape(b, c * chunk, h, p)[:, :l]
+    # 3. the outputs of all chunks at once: Mask(Q K^T) U + (effective queries) S
+    y = torch.baddbmm(queries.reshape(-1, chunk, n) @ entering, (qk @ TE).reshape(-1, chunk, chunk),
+                      xc.reshape(-1, chunk, p))  # (B H c, Q, P)
+    return y.view(b, h, c * chunk, p)[:, :, :l].transpose(1, 2)
 
 
 def delta_chunked(x, q, k, beta, chunk_size: int = DEFAULT_CHUNK_SIZE):
@@ -291,8 +303,10 @@ def delta_chunked(x, q, k, beta, chunk_size: int = DEFAULT_CHUNK_SIZE):
     if b == 0 or l == 0:  # nothing to scan; the reference gives the empty output and zero gradients
         return delta_ref(x, q, k, beta)
     cdt = compute_dtype(x, q, k, beta)
-    y = _delta_scan(*(t.to(cdt) for t in (x, q, k, beta)), min(chunk_size, l))
-    return y.to(x.dtype)
+    chunk = min(chunk_size, l)
+    xc = _values_by_chunk(x.to(cdt), num_chunks(l, chunk), chunk, with_reversed=False)
+    y = _delta_scan(xc, *(t.to(cdt) for t in (q, k, beta)), chunk)
+    return y.to(x.dtype).contiguous()
 
 
 # ---------------------------------------------------------------- bidirectional
@@ -359,8 +373,10 @@ def bi_delta_chunked(x, q_fwd, k_fwd, beta_fwd, q_bwd, k_bwd, beta_bwd, D=None,
         return bi_delta_ref(x, q_fwd, k_fwd, beta_fwd, q_bwd, k_bwd, beta_bwd, D)
     cdt = compute_dtype(x, q_fwd, k_fwd, beta_fwd, q_bwd, k_bwd, beta_bwd, D)
     xf = x.to(cdt)
+    chunk = min(chunk_size, l)
+    xc = _values_by_chunk(xf, num_chunks(l, chunk), chunk, with_reversed=True)
     both = [torch.cat([fwd.to(cdt), _flip(bwd.to(cdt))]) for fwd, bwd in
-            ((xf, xf), (q_fwd, q_bwd), (k_fwd, k_bwd), (beta_fwd, beta_bwd))]
-    y = _delta_scan(*both, min(chunk_size, l))
+            ((q_fwd, q_bwd), (k_fwd, k_bwd), (beta_fwd, beta_bwd))]
+    y = _delta_scan(xc, *both, chunk)
     y_fwd, y_bwd_reversed = y[:b], y[b:]
     return combine_directions(y_fwd, y_bwd_reversed, xf, None if D is None else D.to(cdt)).to(x.dtype)
