@@ -240,6 +240,44 @@ def _values_by_chunk(x: torch.Tensor, c: int, q: int, with_reversed: bool) -> to
     return out.view(-1, h, c, q, p)
 
 
+class _Carry(torch.autograd.Function):
+    """The states entering the chunks, S_0 = 0, S_{i+1} = transition_i S_i + write_i, with its backward.
+
+    transition (G, c, N, N), write (G, c, N, P) -> entering (G, c, N, P). Written by hand so that
+    each step is one matmul into a preallocated buffer, both ways: the backward runs the carry in
+    reverse, g_i = dS_i + transition_i^T g_{i+1}, then d write_i = g_{i+1} and
+    d transition_i = g_{i+1} S_i^T for all chunks at once (the last chunk's write is never read).
+    """
+
+    @staticmethod
+    def forward(ctx, transition, write):
+        entering = torch.empty_like(write)
+        state = write.new_zeros(write.shape[0], *write.shape[2:])
+        entering[:, 0] = state
+        for i in range(write.shape[1] - 1):
+            state = torch.baddbmm(write[:, i], transition[:, i], state)  # contiguous: one matmul, then one copy
+            entering[:, i + 1] = state
+        ctx.save_for_backward(transition, entering)
+        return entering
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        transition, entering = ctx.saved_tensors
+        c = entering.shape[1]
+        g = torch.empty_like(entering)  # g_i: the gradient of S_i, through every later chunk
+        state = grad[:, c - 1].contiguous()
+        g[:, c - 1] = state
+        for i in range(c - 2, -1, -1):
+            state = torch.baddbmm(grad[:, i], transition[:, i].transpose(-1, -2), state)
+            g[:, i] = state
+        d_write = torch.zeros_like(entering)
+        d_write[:, :-1] = g[:, 1:]
+        d_transition = torch.zeros_like(transition)
+        d_transition[:, :-1] = g[:, 1:] @ entering[:, :-1].transpose(-1, -2)
+        return d_transition, d_write
+
+
 def _delta_scan(xc, q, k, beta, chunk: int) -> torch.Tensor:
     """The chunked causal delta rule (see the module notes) on inputs of one dtype, B > 0, L > 0.
 
@@ -267,17 +305,9 @@ def _delta_scan(xc, q, k, beta, chunk: int) -> torch.Tensor:
     write = (kt @ TE) @ xc  # (B, H, c, N, P): K^T U
     queries = qc - qk @ W  # (B, H, c, Q, N): Q - Mask(Q K^T) W
 
-    # 2. the states entering the chunks: the only loop.
-    # Unbound once: indexing chunk i in the loop would cost a full-size gradient per chunk in the backward pass.
-    transitions = transition.reshape(b * h, c, n, n).unbind(1)
-    writes = write.reshape(b * h, c, n, p).unbind(1)
-    state = xc.new_zeros(b * h, n, p)
-    entering = []
-    for i in range(c):
-        entering.append(state)
-        if i + 1 < c:
-            state = torch.baddbmm(writes[i], transitions[i], state)
-    entering = torch.stack(entering, dim=1).view(b * h * c, n, p)
+    # 2. the states entering the chunks: the only loop
+    entering = _Carry.apply(transition.reshape(b * h, c, n, n), write.reshape(b * h, c, n, p))
+    entering = entering.view(b * h * c, n, p)
 
     # 3. the outputs of all chunks at once: Mask(Q K^T) U + (effective queries) S
     y = torch.baddbmm(queries.reshape(-1, chunk, n) @ entering, (qk @ TE).reshape(-1, chunk, chunk),
@@ -378,5 +408,5 @@ def bi_delta_chunked(x, q_fwd, k_fwd, beta_fwd, q_bwd, k_bwd, beta_bwd, D=None,
     both = [torch.cat([fwd.to(cdt), _flip(bwd.to(cdt))]) for fwd, bwd in
             ((q_fwd, q_bwd), (k_fwd, k_bwd), (beta_fwd, beta_bwd))]
     y = _delta_scan(xc, *both, chunk)
-    y_fwd, y_bwd_reversed = y[:b], y[b:]
+    y_fwd, y_bwd_reversed = y.split(b)  # (split, not two slices: its gradient is one concatenation)
     return combine_directions(y_fwd, y_bwd_reversed, xf, None if D is None else D.to(cdt)).to(x.dtype)
