@@ -243,38 +243,36 @@ def _values_by_chunk(x: torch.Tensor, c: int, q: int, with_reversed: bool) -> to
 class _Carry(torch.autograd.Function):
     """The states entering the chunks, S_0 = 0, S_{i+1} = transition_i S_i + write_i, with its backward.
 
-    transition (G, c, N, N), write (G, c, N, P) -> entering (G, c, N, P). Written by hand so that
-    each step is one matmul into a preallocated buffer, both ways: the backward runs the carry in
-    reverse, g_i = dS_i + transition_i^T g_{i+1}, then d write_i = g_{i+1} and
-    d transition_i = g_{i+1} S_i^T for all chunks at once (the last chunk's write is never read).
+    transition (G, c, N, N), write (G, c, N, P) -> entering (G, c, N, P) (a strided view). Written by
+    hand so that each step is one matmul into a preallocated chunk-major buffer, both ways: the
+    backward runs the carry in reverse, g_i = dS_i + transition_i^T g_{i+1}, then d write_i = g_{i+1}
+    and d transition_i = g_{i+1} S_i^T for all chunks at once (the last chunk's write is never read).
     """
 
     @staticmethod
     def forward(ctx, transition, write):
-        entering = torch.empty_like(write)
-        state = write.new_zeros(write.shape[0], *write.shape[2:])
-        entering[:, 0] = state
-        for i in range(write.shape[1] - 1):
-            state = torch.baddbmm(write[:, i], transition[:, i], state)  # contiguous: one matmul, then one copy
-            entering[:, i + 1] = state
+        g, c, n, p = write.shape
+        transition = transition.transpose(0, 1).contiguous()  # (c, G, N, N)
+        entering = write.new_empty(c, g, n, p)
+        entering[0] = 0
+        for i in range(c - 1):
+            torch.baddbmm(write[:, i], transition[i], entering[i], out=entering[i + 1])
         ctx.save_for_backward(transition, entering)
-        return entering
+        return entering.transpose(0, 1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        transition, entering = ctx.saved_tensors
-        c = entering.shape[1]
+        transition, entering = ctx.saved_tensors  # (c, G, N, N), (c, G, N, P)
+        c = entering.shape[0]
         g = torch.empty_like(entering)  # g_i: the gradient of S_i, through every later chunk
-        state = grad[:, c - 1].contiguous()
-        g[:, c - 1] = state
+        g[c - 1] = grad[:, c - 1]
         for i in range(c - 2, -1, -1):
-            state = torch.baddbmm(grad[:, i], transition[:, i].transpose(-1, -2), state)
-            g[:, i] = state
-        d_write = torch.zeros_like(entering)
-        d_write[:, :-1] = g[:, 1:]
-        d_transition = torch.zeros_like(transition)
-        d_transition[:, :-1] = g[:, 1:] @ entering[:, :-1].transpose(-1, -2)
+            torch.baddbmm(grad[:, i], transition[i].transpose(-1, -2), g[i + 1], out=g[i])
+        d_write = grad.new_zeros(grad.shape)
+        d_write[:, :-1] = g[1:].transpose(0, 1)
+        d_transition = grad.new_zeros(transition.shape[1], c, *transition.shape[2:])
+        d_transition[:, :-1] = (g[1:] @ entering[:-1].transpose(-1, -2)).transpose(0, 1)
         return d_transition, d_write
 
 
@@ -307,7 +305,7 @@ def _delta_scan(xc, q, k, beta, chunk: int) -> torch.Tensor:
 
     # 2. the states entering the chunks: the only loop
     entering = _Carry.apply(transition.reshape(b * h, c, n, n), write.reshape(b * h, c, n, p))
-    entering = entering.view(b * h * c, n, p)
+    entering = entering.reshape(b * h * c, n, p)
 
     # 3. the outputs of all chunks at once: Mask(Q K^T) U + (effective queries) S
     y = torch.baddbmm(queries.reshape(-1, chunk, n) @ entering, (qk @ TE).reshape(-1, chunk, chunk),
