@@ -47,28 +47,45 @@ U = T V (neither depends on S_0), U' = U - W S_0, and::
 
 where Y (Q x P) holds the chunk's token outputs, Q its queries (Q x N), and the
 mask keeps step s for token t's query when s is one of tokens 0..t's steps
-(inclusive; for R = 1 the lower triangle with its diagonal). So:
+(inclusive; for R = 1 the lower triangle with its diagonal).
 
-1. for all chunks at once: the Gram matrices K K^T, one batched triangular
-   solve (``torch.linalg.solve_triangular``, unitriangular, right-hand side
-   [diag(beta) K | diag(beta) V]) giving W and U, and from them the chunk's
-   transition I - K^T W (N x N), its write K^T U (N x P), the local outputs
-   Mask(Q K^T) U and the effective queries Q - Mask(Q K^T) W (Q x N);
+T is formed explicitly (C x C): the values then never enter the solve. Since
+V = E X, E (C x Q) the 0/1 matrix that repeats each token's value over its
+factors, U = (T E) X, where T E sums T's columns over each token's factors; so
+the values enter only through two matmuls per chunk, (Mask(Q K^T) T E) X, a
+Q x Q block, and (K^T T E) X, an N x Q one. The computation:
+
+1. for all chunks at once: diag(beta) K K^T, one batched unitriangular solve
+   (``torch.linalg.solve_triangular``, right-hand side diag(beta): T; the
+   solver reads only the strict lower triangle, and its gradient is that
+   triangle's), W = T K, and from them the chunk's transition I - K^T W
+   (N x N), its write K^T U = (K^T T E) X (N x P), and the effective queries
+   Q - Mask(Q K^T) W (Q x N);
 2. the states entering the chunks, in a loop over chunks (the only sequential
-   part): S_{c+1} = (I - K_c^T W_c) S_c + K_c^T U_c, one (N x N)(N x P) matmul;
-3. the outputs of all chunks at once: Y_c = local_c + effective queries_c S_c.
+   part): S_{c+1} = (I - K_c^T W_c) S_c + K_c^T U_c, one (N x N)(N x P) matmul
+   per chunk into a preallocated buffer. Its backward is written by hand
+   (:class:`_Carry`): the same loop in reverse for the states' gradients, then
+   the transitions' and writes' gradients of all chunks in one matmul;
+3. the outputs of all chunks at once: Y_c = (Mask(Q K^T) T E)_c X_c + (effective
+   queries)_c S_c, one fused matmul-add.
 
 Why it is exact: nothing is approximated. The triangular system is the
 recurrence itself rearranged (its solution is unique: unit diagonal), and the
 state and output formulas are the recurrence summed; the only differences from
 the per-token loop are rounding. Padding the last chunk with beta = 0 (identity
-transitions, no writes) and q = 0 leaves every real output unchanged.
-Gradients are those of autograd through these torch ops (the triangular solve
-is differentiable), hence exact as well.
+transitions, no writes), x = 0 and q = 0 leaves every real output unchanged.
+Gradients are autograd's through these torch ops (the triangular solve is
+differentiable) and the carry's hand-written backward, the exact derivative
+of its loop; the tests compare all of them with the plain loop's.
 
-Memory per chunk: the C x C Gram / system matrix and the Q x C query-key block,
-W and U (C x (N + P)), the N x N transition and N x P write, and the entering
-state: O(L C) in all for a fixed chunk, never an L x L tensor.
+Memory per chunk: the C x C matrices (diag(beta) K K^T, T) and the Q x C
+query-key block, W (C x N), the N x N transition, the N x P write and the
+entering state: O(L (Q R^2 + R N + N P / Q)) in all, never an L x L tensor.
+
+Speed: ``chunk_size`` (tokens) = 16 is the default, the fastest measured on
+CPU (one thread, L = 16384, H = 4, P = 128, N = 16) for R = 1 and R = 2 among
+8 to 64: a larger chunk makes the C^2 and C^3 work grow, a smaller one the
+number of small matmuls (the N x P ones are the same work at any chunk).
 
 Bidirectional (Hydra's construction)
 ------------------------------------
@@ -109,7 +126,7 @@ from ._layout import check_chunk_size, num_chunks
 from ._shapes import check_D, check_tensor, compute_dtype
 from .bidirectional import combine_directions, combine_matrices
 
-DEFAULT_CHUNK_SIZE = 64
+DEFAULT_CHUNK_SIZE = 16  # tokens; the fastest on CPU for R = 1 and 2 at L = 16k (see the module notes)
 
 
 # ---------------------------------------------------------------- argument checks
