@@ -8,7 +8,7 @@ multiple of the chunk, chunks of 1 and longer than L, R = 1, 2, 3 factors, betas
 
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from hydra_ssm.ops import (
@@ -26,6 +26,16 @@ LENGTHS = st.sampled_from([1, 2, 3, 5, 7, 8, 11, 17, 0])
 CHUNKS = st.sampled_from([1, 2, 3, 4, 5, 8, 64])
 BETAS = ["zero", "one", "two", "uniform", "edges"]
 KEYS = ["unit", "short", "raw"]
+
+
+def edge(b=1, l=7, r=2, q=3, beta="edges", keys="unit", h=2, p=2, n=3, seed=1):
+    """One shape at the edges, always run (besides what hypothesis draws)."""
+    return dict(b=b, l=l, h=h, p=p, n=n, r=r, q=q, seed=seed, beta=beta, keys=keys)
+
+
+# L not a multiple of the chunk, chunk 1, chunk > L, L = 1, batch 0, reflections, R = 3, raw keys
+EDGES = [edge(), edge(r=3, q=1, beta="two"), edge(l=5, q=64, keys="raw", beta="uniform"), edge(l=1, r=1, q=1),
+         edge(b=0), edge(b=2, l=11, r=3, q=4, keys="short", beta="two")]
 
 
 @st.composite
@@ -137,6 +147,12 @@ def test_loop_equals_matrix(s):
 
 @settings(max_examples=40)
 @given(shapes())
+@example(EDGES[0])
+@example(EDGES[1])
+@example(EDGES[2])
+@example(EDGES[3])
+@example(EDGES[4])
+@example(EDGES[5])
 def test_chunked_equals_loop_with_gradients(s):
     x, q, k, beta = leaves = delta_inputs(s, requires_grad=True)
     y = delta_chunked(x, q, k, beta, chunk_size=s["q"])
@@ -217,6 +233,10 @@ def test_bidirectional_chunked_equals_matrix_and_loop(s, diag):
 
 @settings(max_examples=30)
 @given(shapes(), st.sampled_from(["none", "head", "token"]))
+@example(EDGES[0], "token")
+@example(EDGES[1], "head")
+@example(EDGES[2], "none")
+@example(EDGES[5], "token")
 def test_bidirectional_gradients_equal_loop(s, diag):
     inputs = bi_inputs(s, diag, requires_grad=True)
     leaves = [t for t in inputs if t is not None]

@@ -47,28 +47,45 @@ U = T V (neither depends on S_0), U' = U - W S_0, and::
 
 where Y (Q x P) holds the chunk's token outputs, Q its queries (Q x N), and the
 mask keeps step s for token t's query when s is one of tokens 0..t's steps
-(inclusive; for R = 1 the lower triangle with its diagonal). So:
+(inclusive; for R = 1 the lower triangle with its diagonal).
 
-1. for all chunks at once: the Gram matrices K K^T, one batched triangular
-   solve (``torch.linalg.solve_triangular``, unitriangular, right-hand side
-   [diag(beta) K | diag(beta) V]) giving W and U, and from them the chunk's
-   transition I - K^T W (N x N), its write K^T U (N x P), the local outputs
-   Mask(Q K^T) U and the effective queries Q - Mask(Q K^T) W (Q x N);
+T is formed explicitly (C x C): the values then never enter the solve. Since
+V = E X, E (C x Q) the 0/1 matrix that repeats each token's value over its
+factors, U = (T E) X, where T E sums T's columns over each token's factors; so
+the values enter only through two matmuls per chunk, (Mask(Q K^T) T E) X, a
+Q x Q block, and (K^T T E) X, an N x Q one. The computation:
+
+1. for all chunks at once: diag(beta) K K^T, one batched unitriangular solve
+   (``torch.linalg.solve_triangular``, right-hand side diag(beta): T; the
+   solver reads only the strict lower triangle, and its gradient is that
+   triangle's), W = T K, and from them the chunk's transition I - K^T W
+   (N x N), its write K^T U = (K^T T E) X (N x P), and the effective queries
+   Q - Mask(Q K^T) W (Q x N);
 2. the states entering the chunks, in a loop over chunks (the only sequential
-   part): S_{c+1} = (I - K_c^T W_c) S_c + K_c^T U_c, one (N x N)(N x P) matmul;
-3. the outputs of all chunks at once: Y_c = local_c + effective queries_c S_c.
+   part): S_{c+1} = (I - K_c^T W_c) S_c + K_c^T U_c, one (N x N)(N x P) matmul
+   per chunk into a preallocated buffer. Its backward is written by hand
+   (:class:`_Carry`): the same loop in reverse for the states' gradients, then
+   the transitions' and writes' gradients of all chunks in one matmul;
+3. the outputs of all chunks at once: Y_c = (Mask(Q K^T) T E)_c X_c + (effective
+   queries)_c S_c, one fused matmul-add.
 
 Why it is exact: nothing is approximated. The triangular system is the
 recurrence itself rearranged (its solution is unique: unit diagonal), and the
 state and output formulas are the recurrence summed; the only differences from
 the per-token loop are rounding. Padding the last chunk with beta = 0 (identity
-transitions, no writes) and q = 0 leaves every real output unchanged.
-Gradients are those of autograd through these torch ops (the triangular solve
-is differentiable), hence exact as well.
+transitions, no writes), x = 0 and q = 0 leaves every real output unchanged.
+Gradients are autograd's through these torch ops (the triangular solve is
+differentiable) and the carry's hand-written backward, the exact derivative
+of its loop; the tests compare all of them with the plain loop's.
 
-Memory per chunk: the C x C Gram / system matrix and the Q x C query-key block,
-W and U (C x (N + P)), the N x N transition and N x P write, and the entering
-state: O(L C) in all for a fixed chunk, never an L x L tensor.
+Memory per chunk: the C x C matrices (diag(beta) K K^T, T) and the Q x C
+query-key block, W (C x N), the N x N transition, the N x P write and the
+entering state: O(L (Q R^2 + R N + N P / Q)) in all, never an L x L tensor.
+
+Speed: ``chunk_size`` (tokens) = 16 is the default, the fastest measured on
+CPU (one thread, L = 16384, H = 4, P = 128, N = 16) for R = 1 and R = 2 among
+8 to 64: a larger chunk makes the C^2 and C^3 work grow, a smaller one the
+number of small matmuls (the N x P ones are the same work at any chunk).
 
 Bidirectional (Hydra's construction)
 ------------------------------------
@@ -109,7 +126,7 @@ from ._layout import check_chunk_size, num_chunks
 from ._shapes import check_D, check_tensor, compute_dtype
 from .bidirectional import combine_directions, combine_matrices
 
-DEFAULT_CHUNK_SIZE = 64
+DEFAULT_CHUNK_SIZE = 16  # tokens; the fastest on CPU for R = 1 and 2 at L = 16k (see the module notes)
 
 
 # ---------------------------------------------------------------- argument checks
@@ -219,7 +236,7 @@ def delta_ref(x, q, k, beta):
 
 # ---------------------------------------------------------------- chunked
 def _chunk_major(t: torch.Tensor, c: int, q: int) -> torch.Tensor:
-    """(B, L, H, *rest) zero-padded to L = c * Q -> (B, H, c, Q, *rest)."""
+    """(B, L, H, *rest) zero-padded to L = c * Q -> (B, H, c, Q, *rest) (a view when L = c * Q)."""
     b, l, h = t.shape[:3]
     rest = t.shape[3:]
     if c * q != l:
@@ -228,49 +245,89 @@ def _chunk_major(t: torch.Tensor, c: int, q: int) -> torch.Tensor:
     return t.permute(0, 3, 1, 2, *range(4, t.dim()))
 
 
-def _delta_scan(x, q, k, beta, chunk: int) -> torch.Tensor:
+def _values_by_chunk(x: torch.Tensor, c: int, q: int, with_reversed: bool) -> torch.Tensor:
+    """x (B, L, H, P) -> (B, H, c, Q, P) contiguous, zero-padded to c * Q positions; with_reversed:
+    (2B, H, c, Q, P), the reversed sequences after the others. Each copy is one pass over x."""
+    b, l, h, p = x.shape
+    out = x.new_empty((2 if with_reversed else 1) * b, h, c * q, p)
+    out[:b, :, :l] = x.transpose(1, 2)
+    if with_reversed:
+        out[b:, :, :l] = x.flip(1).transpose(1, 2)
+    out[:, :, l:] = 0
+    return out.view(-1, h, c, q, p)
+
+
+class _Carry(torch.autograd.Function):
+    """The states entering the chunks, S_0 = 0, S_{i+1} = transition_i S_i + write_i, with its backward.
+
+    transition (G, c, N, N), write (G, c, N, P) -> entering (G, c, N, P) (a strided view). Written by
+    hand so that each step is one matmul into a preallocated chunk-major buffer, both ways: the
+    backward runs the carry in reverse, g_i = dS_i + transition_i^T g_{i+1}, then d write_i = g_{i+1}
+    and d transition_i = g_{i+1} S_i^T for all chunks at once (the last chunk's write is never read).
+    """
+
+    @staticmethod
+    def forward(ctx, transition, write):
+        g, c, n, p = write.shape
+        transition = transition.transpose(0, 1).contiguous()  # (c, G, N, N)
+        entering = write.new_empty(c, g, n, p)
+        entering[0] = 0
+        for i in range(c - 1):
+            torch.baddbmm(write[:, i], transition[i], entering[i], out=entering[i + 1])
+        ctx.save_for_backward(transition, entering)
+        return entering.transpose(0, 1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        transition, entering = ctx.saved_tensors  # (c, G, N, N), (c, G, N, P)
+        c = entering.shape[0]
+        g = torch.empty_like(entering)  # g_i: the gradient of S_i, through every later chunk
+        g[c - 1] = grad[:, c - 1]
+        for i in range(c - 2, -1, -1):
+            torch.baddbmm(grad[:, i], transition[i].transpose(-1, -2), g[i + 1], out=g[i])
+        d_write = grad.new_zeros(grad.shape)
+        d_write[:, :-1] = g[1:].transpose(0, 1)
+        d_transition = grad.new_zeros(transition.shape[1], c, *transition.shape[2:])
+        d_transition[:, :-1] = (g[1:] @ entering[:-1].transpose(-1, -2)).transpose(0, 1)
+        return d_transition, d_write
+
+
+def _delta_scan(xc, q, k, beta, chunk: int) -> torch.Tensor:
     """The chunked causal delta rule (see the module notes) on inputs of one dtype, B > 0, L > 0.
 
-    x: (B, L, H, P), q: (B, L, H, N), k: (B, L, H, R, N), beta: (B, L, H, R) -> (B, L, H, P).
+    xc: (B, H, c, Q, P) the values by chunk (:func:`_values_by_chunk`), q: (B, L, H, N),
+    k: (B, L, H, R, N), beta: (B, L, H, R). Returns (B, L, H, P), a strided view.
     """
-    b, l, h, p = x.shape
-    r, n = k.shape[3], k.shape[4]
-    c = num_chunks(l, chunk)
+    b, h, c, _, p = xc.shape
+    l, r, n = k.shape[1], k.shape[3], k.shape[4]
     steps = chunk * r  # C: steps per chunk, token-major then factor
-    xc = _chunk_major(x, c, chunk)  # (B, H, c, Q, P)
     qc = _chunk_major(q, c, chunk)  # (B, H, c, Q, N)
     kc = _chunk_major(k, c, chunk).reshape(b, h, c, steps, n)  # (B, H, c, C, N)
-    bc = _chunk_major(beta, c, chunk).reshape(b, h, c, steps, 1)  # (B, H, c, C, 1)
-    # the values of the steps: each token's x repeated over its R factors
-    vc = xc if r == 1 else xc.repeat_interleave(r, dim=3)  # (B, H, c, C, P)
+    bc = _chunk_major(beta, c, chunk).reshape(b, h, c, steps)  # (B, H, c, C)
 
-    # 1. all chunks at once: W and U from one unitriangular solve, then what each chunk hands on and reads
-    system = torch.tril(bc * (kc @ kc.transpose(-1, -2)), diagonal=-1)  # diag(beta) StrictLower(K K^T)
-    system = system + torch.eye(steps, dtype=x.dtype, device=x.device)
-    wu = torch.linalg.solve_triangular(system, bc * torch.cat([kc, vc], dim=-1), upper=False, unitriangular=True)
-    W, U = wu[..., :n], wu[..., n:]  # (B, H, c, C, N), (B, H, c, C, P)
-    kt = kc.transpose(-1, -2)
-    transition = torch.eye(n, dtype=x.dtype, device=x.device) - kt @ W  # (B, H, c, N, N)
-    write = kt @ U  # (B, H, c, N, P)
-    reads = torch.arange(steps, device=x.device) // r <= torch.arange(chunk, device=x.device)[:, None]  # (Q, C)
+    # 1. all chunks at once: T from one unitriangular solve, then what each chunk hands on and reads
+    kt = kc.transpose(-1, -2)  # (B, H, c, N, C)
+    # diag(beta) K K^T: the solver reads only its strict lower triangle (unit diagonal), and so does its gradient
+    system = (bc.unsqueeze(-1) * kc) @ kt
+    T = torch.linalg.solve_triangular(system, torch.diag_embed(bc), upper=False, unitriangular=True)  # (.., C, C)
+    W = T @ kc  # (B, H, c, C, N)
+    # U = T V with V each token's value repeated over its factors: U = (T summed over each token's columns) X
+    TE = T if r == 1 else T.view(b, h, c, steps, chunk, r).sum(-1)  # (B, H, c, C, Q)
+    reads = torch.arange(steps, device=xc.device) // r <= torch.arange(chunk, device=xc.device)[:, None]  # (Q, C)
     qk = (qc @ kt) * reads  # (B, H, c, Q, C): token t's query reads the steps of tokens <= t
-    local = qk @ U  # (B, H, c, Q, P)
-    queries = qc - qk @ W  # (B, H, c, Q, N)
+    transition = torch.eye(n, dtype=xc.dtype, device=xc.device) - kt @ W  # (B, H, c, N, N): I - K^T W
+    write = (kt @ TE) @ xc  # (B, H, c, N, P): K^T U
+    queries = qc - qk @ W  # (B, H, c, Q, N): Q - Mask(Q K^T) W
 
     # 2. the states entering the chunks: the only loop
-    transition = transition.reshape(b * h, c, n, n)
-    write = write.reshape(b * h, c, n, p)
-    state = x.new_zeros(b * h, n, p)
-    entering = []
-    for i in range(c):
-        entering.append(state)
-        if i + 1 < c:
-            state = torch.baddbmm(write[:, i], transition[:, i], state)
-    entering = torch.stack(entering, dim=1).view(b, h, c, n, p)
+    entering = _Carry.apply(transition.reshape(b * h, c, n, n), write.reshape(b * h, c, n, p))
+    entering = entering.reshape(b * h * c, n, p)
 
-    # 3. the outputs of all chunks at once
-    y = local + queries @ entering  # (B, H, c, Q, P)
-    return y.permute(0, 2, 3, 1, 4).reshape(b, c * chunk, h, p)[:, :l]
+    # 3. the outputs of all chunks at once: Mask(Q K^T) U + (effective queries) S
+    y = torch.baddbmm(queries.reshape(-1, chunk, n) @ entering, (qk @ TE).reshape(-1, chunk, chunk),
+                      xc.reshape(-1, chunk, p))  # (B H c, Q, P)
+    return y.view(b, h, c * chunk, p)[:, :, :l].transpose(1, 2)
 
 
 def delta_chunked(x, q, k, beta, chunk_size: int = DEFAULT_CHUNK_SIZE):
@@ -291,8 +348,10 @@ def delta_chunked(x, q, k, beta, chunk_size: int = DEFAULT_CHUNK_SIZE):
     if b == 0 or l == 0:  # nothing to scan; the reference gives the empty output and zero gradients
         return delta_ref(x, q, k, beta)
     cdt = compute_dtype(x, q, k, beta)
-    y = _delta_scan(*(t.to(cdt) for t in (x, q, k, beta)), min(chunk_size, l))
-    return y.to(x.dtype)
+    chunk = min(chunk_size, l)
+    xc = _values_by_chunk(x.to(cdt), num_chunks(l, chunk), chunk, with_reversed=False)
+    y = _delta_scan(xc, *(t.to(cdt) for t in (q, k, beta)), chunk)
+    return y.to(x.dtype).contiguous()
 
 
 # ---------------------------------------------------------------- bidirectional
@@ -359,8 +418,10 @@ def bi_delta_chunked(x, q_fwd, k_fwd, beta_fwd, q_bwd, k_bwd, beta_bwd, D=None,
         return bi_delta_ref(x, q_fwd, k_fwd, beta_fwd, q_bwd, k_bwd, beta_bwd, D)
     cdt = compute_dtype(x, q_fwd, k_fwd, beta_fwd, q_bwd, k_bwd, beta_bwd, D)
     xf = x.to(cdt)
+    chunk = min(chunk_size, l)
+    xc = _values_by_chunk(xf, num_chunks(l, chunk), chunk, with_reversed=True)
     both = [torch.cat([fwd.to(cdt), _flip(bwd.to(cdt))]) for fwd, bwd in
-            ((xf, xf), (q_fwd, q_bwd), (k_fwd, k_bwd), (beta_fwd, beta_bwd))]
-    y = _delta_scan(*both, min(chunk_size, l))
-    y_fwd, y_bwd_reversed = y[:b], y[b:]
+            ((q_fwd, q_bwd), (k_fwd, k_bwd), (beta_fwd, beta_bwd))]
+    y = _delta_scan(xc, *both, chunk)
+    y_fwd, y_bwd_reversed = y.split(b)  # (split, not two slices: its gradient is one concatenation)
     return combine_directions(y_fwd, y_bwd_reversed, xf, None if D is None else D.to(cdt)).to(x.dtype)
