@@ -63,7 +63,7 @@ RECURRENT_EXTRA = {"bi_gla": (4 * DS, 2 * DS), "bi_deltanet": (2 * DS + 2 * H, 2
 CASES = sorted(REF_LAYOUT) + [("semiseparable", False), ("semiseparable", True)] + sorted(RECURRENT_LAYOUT)
 IDS = [f"{t}-{'sam' if dd else 'di'}" for t, dd in CASES]
 # options that change a class's computation: each variant runs the generic tests too
-VARIANTS = [("bi_deltanet", True, {"allow_neg_eigval": True}), ("bi_deltanet", True, {"num_householder": 3}),
+VARIANTS = [("bi_deltanet", True, {"allow_neg_eigval": True}), ("bi_deltanet", True, {"num_householder": 2}),
             ("bi_complex", True, {"transition": "signed"}), ("bi_complex", False, {"transition": "signed"})]
 CASES_KW = [(t, dd, {}) for t, dd in CASES] + VARIANTS
 IDS_KW = IDS + [f"{t}-{'sam' if dd else 'di'}-" + "-".join(f"{k}={v}" for k, v in kw.items()) for t, dd, kw in VARIANTS]
@@ -412,7 +412,8 @@ def test_no_L_by_L_tensor_in_forward_and_backward(t, dd, kw, monkeypatch):
     for L in (512, 1024):
         batch = 2
         torch.manual_seed(0)
-        m = MatrixMixer(t, dd, 32, 4, max_seq_len=L, headdim=headdim, chunk_size=64, **kw)
+        chunk = min(64, get_mixer_class(t).default_chunk_size)  # the recurrent classes' own, smaller chunks
+        m = MatrixMixer(t, dd, 32, 4, max_seq_len=L, headdim=headdim, chunk_size=chunk, **kw)
         u = torch.randn(batch, L, 32, requires_grad=True)
         mask = torch.ones(batch, L, dtype=torch.bool)
         mask[1, : L // 5] = False  # left padding in the second row

@@ -68,7 +68,8 @@ class MatrixMixer(SequenceMixer):
       leading ``L x L`` block is used) and by the classes whose output scale
       is defined by it (toeplitz, vandermonde, cauchy, low_rank).
     - ``d_conv`` (odd), ``conv_init``, ``expand``, ``headdim``, ``activation``
-      (``"silu"``/``"swish"``), ``bias``, ``conv_bias``, ``chunk_size``,
+      (``"silu"``/``"swish"``), ``bias``, ``conv_bias``, ``chunk_size`` (None: the class's
+      ``default_chunk_size``, 256 as in the reference layer unless the class's op is faster with another),
       ``layer_idx``, ``device``, ``dtype``.
     - the class's own ``options`` (e.g. ``is_dft`` of vandermonde), as keywords.
 
@@ -96,6 +97,8 @@ class MatrixMixer(SequenceMixer):
     activate_features: bool = False
     #: True when the matrix is lower triangular (a causal mixer)
     causal: bool = False
+    #: chunk (or tile) size used when the constructor gets ``chunk_size=None``
+    default_chunk_size: int = 256
     #: extra keyword options of the class and their defaults (each becomes an attribute)
     options: dict = {}
     #: projection sizes of the SAM form: per-token feature streams that go through the conv with v,
@@ -146,7 +149,7 @@ class MatrixMixer(SequenceMixer):
         # the reference layer's arguments, in its order (the first five are passed positionally)
         matrix_mixer_type=None, is_data_dependent=None, d_model=None, qk_dim=16, max_seq_len=None,
         d_conv=7, conv_init=None, expand=2, headdim=128, activation="swish", bias=False, conv_bias=True,
-        chunk_size=256, layer_idx=None, device=None, dtype=None,
+        chunk_size=None, layer_idx=None, device=None, dtype=None,
         **options,  # the class's own options
     ):
         super().__init__()
@@ -168,6 +171,8 @@ class MatrixMixer(SequenceMixer):
         if form not in cls.forms:
             what = "data-dependent" if is_data_dependent else "data-independent"
             raise ValueError(f"the {name!r} mixer has no {what} form (is_data_dependent={is_data_dependent})")
+        if chunk_size is None:
+            chunk_size = cls.default_chunk_size
         check_positive_ints(d_model=d_model, qk_dim=qk_dim, d_conv=d_conv, expand=expand, headdim=headdim,
                             chunk_size=chunk_size)
         check_float_dtype(dtype)

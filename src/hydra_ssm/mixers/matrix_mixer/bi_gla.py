@@ -34,6 +34,7 @@ class BiGLAMixer(RecurrentMixer):
     qk_dim) and constant gates (``gate_bias`` alone).
     """
 
+    default_chunk_size = 32  # the fastest chunk of gated_chunked on CPUs (ops notes)
     conv_features = {"q": "d_state", "k": "d_state"}
     direct_features = {"g_f": "d_state", "g_b": "d_state"}
     #: log a = logsigmoid(logit) / gate_normalizer: decays start near 1 (0.96 at logit 0)
