@@ -58,7 +58,7 @@ def test_parity_run_evaluates_the_same_in_a_fresh_process_and_reloads_its_mixer_
     assert abs(got["evaluate"]["eval_loss"] - result["val_loss"]) < 1e-6
     assert got["mixer_options"] == {"scan_impl": "two_pass"} and got["scan_impl"] == ["two_pass"]
     assert got["ids"] == [2, 6, 5, 6, 6, 5, 5, 6, 5, 3]  # [CLS] bits [SEP]
-    assert got["shape"] == [1, 10, 8]  # 7 words; the models have 8 at least
+    assert got["shape"] == [1, 10, 11]  # 5 specials, 2 bits and 4 answers
 
 
 STUDY = ["--variants", "hydra", "hydra:scan_impl=two_pass", "--tasks", "parity", "s5", "--lengths", "8", "--seeds",

@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 
 from hydra_ssm.cli import main  # noqa: E402
 from hydra_ssm.train.config import TrainConfig, UsageError, build_config, mixer_options  # noqa: E402
-from hydra_ssm.train.synthetic import (S5_WORDS, parity_examples, s5_compose_table, s5_examples,  # noqa: E402
+from hydra_ssm.train.synthetic import (PARITY_ANSWERS, PARITY_WORDS, S5_WORDS, parity_examples, s5_compose_table, s5_examples,  # noqa: E402
                                        synthetic_data)
 from hydra_ssm.train.tokenization import CLS, SEP, SPECIALS  # noqa: E402
 
@@ -35,17 +35,19 @@ def after(a: tuple, b: tuple) -> tuple:
 
 # ------------------------------------------------------------------------------------------ parity
 @pytest.mark.parametrize("length", [1, 2, 7, 33])
-def test_parity_label_at_every_bit_is_the_xor_of_all_bits(length):
+def test_parity_label_at_every_bit_is_the_parity_of_its_prefix_and_of_its_suffix(length):
     x, y = parity_examples(40, length, seed=3)
     assert x.shape == y.shape == (40, length + 2)
     assert (x[:, 0] == CLS).all() and (x[:, -1] == SEP).all() and (y[:, [0, -1]] == -100).all()
     zero, one = len(SPECIALS), len(SPECIALS) + 1
+    vocab = SPECIALS + PARITY_WORDS + PARITY_ANSWERS
     for row, labels in zip(x.tolist(), y.tolist()):
-        bits = row[1:-1]
-        assert set(bits) <= {zero, one}
-        answer = functools.reduce(lambda a, b: a ^ b, [b - zero for b in bits])
-        assert labels[1:-1] == [zero + answer] * length
-    assert len(set(y[:, 1].tolist())) == 2  # both answers occur
+        bits = [b - zero for b in row[1:-1]]
+        assert set(row[1:-1]) <= {zero, one}
+        for i in range(length):
+            xor = lambda part: functools.reduce(lambda a, b: a ^ b, part)  # noqa: E731
+            assert vocab[labels[1 + i]] == f"{xor(bits[: i + 1])}{xor(bits[i:])}"
+    assert len(set(y[:, 1:-1].flatten().tolist())) == (2 if length == 1 else 4)  # every answer occurs
 
 
 # ------------------------------------------------------------------------------------------ S5
@@ -70,13 +72,16 @@ def test_s5_product_order_on_a_non_commuting_pair():
 
 
 @pytest.mark.parametrize("length", [1, 2, 5, 40])
-def test_s5_label_at_every_element_is_the_product_of_the_word(length):
+def test_s5_label_is_the_prefix_product_at_odd_and_the_suffix_product_at_even_positions(length):
     x, y = s5_examples(25, length, seed=7)
     assert x.shape == y.shape == (25, length + 2)
     assert (x[:, 0] == CLS).all() and (x[:, -1] == SEP).all() and (y[:, [0, -1]] == -100).all()
     for row, labels in zip(x.tolist(), y.tolist()):
-        product = functools.reduce(after, [perm(word(t)) for t in row[1:-1]])
-        assert labels[1:-1] == [len(SPECIALS) + S5_WORDS.index("p" + "".join(map(str, product)))] * length
+        word_perms = [perm(word(t)) for t in row[1:-1]]
+        for i in range(length):  # i = 0 is position 1 (odd)
+            part = word_perms[: i + 1] if i % 2 == 0 else word_perms[i:]
+            product = functools.reduce(after, part)
+            assert labels[1 + i] == len(SPECIALS) + S5_WORDS.index("p" + "".join(map(str, product)))
 
 
 # ------------------------------------------------------------------------------------------ seeds
@@ -89,7 +94,7 @@ def test_generated_data_are_deterministic_and_train_differs_from_validation(task
         for k in ("input_ids", "labels"):
             assert torch.equal(getattr(a, split)[k], getattr(b, split)[k])
     assert not torch.equal(a.train["input_ids"], a.val["input_ids"])
-    assert a.kind == "lm" and a.seq_len == 14 and a.vocab_size == len(SPECIALS) + (2 if task == "parity" else 120)
+    assert a.kind == "lm" and a.seq_len == 14 and a.vocab_size == len(SPECIALS) + (6 if task == "parity" else 120)
     assert a.tokenizer.encode(" ".join(["1", "0"] if task == "parity" else S5_WORDS[:2])).ids[0] == CLS
 
 

@@ -121,7 +121,13 @@ def listops_data(cfg: TrainConfig) -> TaskData:
 
 
 # ---------------------------------------------------------------------------------------------- state tracking
+# Both tasks ask, at every position, for what a left-to-right scan and a right-to-left scan have accumulated there,
+# so a causal (or anti-causal) mixer cannot answer everywhere, and the positions near either end (short prefixes,
+# short suffixes) are easy enough to learn from. A task that asks everywhere for the whole sequence's parity gives
+# no such signal (the parity of L bits is independent of every proper subset of them) and no mixer learns it.
 PARITY_WORDS = ["0", "1"]
+# the answer at a bit: the parity of the prefix ending there and of the suffix starting there, as two digits
+PARITY_ANSWERS = ["00", "01", "10", "11"]
 # the 120 permutations of 0..4 in one-line notation, lexicographic order: "p01234" (the identity) maps i to the
 # i-th digit, e.g. "p10234" swaps 0 and 1
 S5_PERMUTATIONS = np.array(list(itertools.permutations(range(5))), dtype=np.int64)  # (120, 5)
@@ -138,42 +144,53 @@ def s5_compose_table() -> np.ndarray:
     return lookup[code]
 
 
-def _framed(body: np.ndarray, answer: np.ndarray, first_word: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[CLS] body [SEP]`` ids (n, L + 2) for word indices ``body`` (n, L), and labels (n, L + 2): the word id
-    of ``answer`` (n,) at every body position, -100 at [CLS] and [SEP]."""
+def _framed(body: np.ndarray, answers: np.ndarray, first_answer: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[CLS] body [SEP]`` ids (n, L + 2) for word ids ``body`` (n, L), and labels (n, L + 2): the word id
+    ``first_answer + answers`` (n, L) at every body position, -100 at [CLS] and [SEP]."""
     n, L = body.shape
     ids = np.empty((n, L + 2), dtype=np.int64)
     ids[:, 0], ids[:, -1] = CLS, SEP
-    ids[:, 1:-1] = first_word + body
+    ids[:, 1:-1] = body
     labels = np.full((n, L + 2), -100, dtype=np.int64)
-    labels[:, 1:-1] = (first_word + answer)[:, None]
+    labels[:, 1:-1] = first_answer + answers
     return torch.from_numpy(ids), torch.from_numpy(labels)
 
 
 def parity_examples(n: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` sequences ``[CLS] b_1 ... b_L [SEP]`` of ``length`` uniform random bits (words "0", "1"); the label at
-    every bit is the parity b_1 xor ... xor b_L of the whole sequence (the id of "0" or "1"), -100 at [CLS]/[SEP].
-    A position's answer depends on the bits on both sides of it. Returns ids and labels, both (n, length + 2)."""
+    """``n`` sequences ``[CLS] b_1 ... b_L [SEP]`` of ``length`` uniform random bits (words "0", "1"). The label at
+    bit i is the pair (b_1 xor ... xor b_i, b_i xor ... xor b_L): the parity of the prefix ending at i and of the
+    suffix starting at i, one of the four words `PARITY_ANSWERS` ("01": prefix even, suffix odd); -100 at
+    [CLS]/[SEP]. Every answer depends on the bits on both sides of its position. Returns ids and labels, both
+    (n, length + 2)."""
     bits = np.random.default_rng(seed).integers(0, 2, size=(n, length))
-    return _framed(bits, bits.sum(1) % 2, len(SPECIALS))
+    prefix = np.cumsum(bits, axis=1) % 2
+    suffix = np.cumsum(bits[:, ::-1], axis=1)[:, ::-1] % 2
+    first_answer = len(SPECIALS) + len(PARITY_WORDS)
+    return _framed(len(SPECIALS) + bits, 2 * prefix + suffix, first_answer)
 
 
 def s5_examples(n: int, length: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` words ``[CLS] g_1 ... g_L [SEP]`` of ``length`` uniform random elements of the symmetric group S5
-    (tokens `S5_WORDS`); the label at every element is the product ``g_1 g_2 ... g_L = g_1 ∘ g_2 ∘ ... ∘ g_L``
-    (functions composed right to left: the product maps i to g_1(g_2(...g_L(i)))), one of 120 classes (its
-    word's id), -100 at [CLS]/[SEP]. Returns ids and labels, both (n, length + 2)."""
+    (tokens `S5_WORDS`). The label at an odd position i (1, 3, ...) is the product of the prefix ending there,
+    ``g_1 ∘ ... ∘ g_i``; at an even position, the product of the suffix starting there, ``g_i ∘ ... ∘ g_L``
+    (functions composed right to left: ``a ∘ b`` maps x to a(b(x))); one of 120 classes (the word of that
+    permutation), -100 at [CLS]/[SEP]. A left-to-right scan answers the odd positions, a right-to-left one the
+    even positions. Returns ids and labels, both (n, length + 2)."""
     g = np.random.default_rng(seed).integers(0, len(S5_WORDS), size=(n, length))
     table = s5_compose_table()
-    product = g[:, -1].copy()
+    prefix, suffix = g.copy(), g.copy()
+    for t in range(1, length):  # (g_1 ∘ ... ∘ g_{t-1}) ∘ g_t
+        prefix[:, t] = table[prefix[:, t - 1], g[:, t]]
     for t in range(length - 2, -1, -1):  # g_t ∘ (g_{t+1} ∘ ... ∘ g_L)
-        product = table[g[:, t], product]
-    return _framed(g, product, len(SPECIALS))
+        suffix[:, t] = table[g[:, t], suffix[:, t + 1]]
+    odd = (np.arange(length) % 2 == 0)  # 1-based odd positions
+    return _framed(len(SPECIALS) + g, np.where(odd, prefix, suffix), len(SPECIALS))
 
 
 def state_tracking_data(cfg: TrainConfig) -> TaskData:
     """The parity or s5 task of ``cfg.synthetic_task``: sequences of ``--state-len`` tokens, a label at every one."""
-    words, make = {"parity": (PARITY_WORDS, parity_examples), "s5": (S5_WORDS, s5_examples)}[cfg.synthetic_task]
+    words, make = {"parity": (PARITY_WORDS + PARITY_ANSWERS, parity_examples),
+                   "s5": (S5_WORDS, s5_examples)}[cfg.synthetic_task]
     x_tr, y_tr = make(cfg.synthetic_train_size, cfg.state_len, seed=TRAIN_SEED)
     x_va, y_va = make(cfg.synthetic_val_size, cfg.state_len, seed=VAL_SEED)
     return TaskData("lm", {"input_ids": x_tr, "labels": y_tr}, {"input_ids": x_va, "labels": y_va},
