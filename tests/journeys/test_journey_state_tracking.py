@@ -97,6 +97,24 @@ def test_study_tabulates_every_cell_and_resumes_without_training_again(tmp_path,
     assert trained == ["s5"] and "steps: 3 -> 5" in capsys.readouterr().err
 
 
+def test_study_evaluates_the_trained_models_at_other_lengths(tmp_path, capsys):
+    """--eval-lengths: at the trained length the study's own evaluation gives the training run's accuracy; at
+    a longer one a mixer without position embeddings runs, one with learned positions is "n/a"."""
+    out = tmp_path / "study"
+    argv = ["--variants", "hydra", "mha", "--tasks", "parity", "--lengths", "8", "--eval-lengths", "8", "20",
+            *STUDY[STUDY.index("--seeds"):]]
+    assert main(["bench-state-tracking", *argv, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    hydra, mha = json.loads((out / "results.json").read_text())["cells"]
+    assert hydra["longer"]["8"] == hydra["val_accuracy"] and mha["longer"]["8"] == mha["val_accuracy"]
+    assert 0 <= hydra["longer"]["20"] <= 1 and mha["longer"]["20"] is None
+    assert "at L=20" in printed and "n/a" in [line for line in printed.splitlines() if line.startswith("| mha")][0]
+    # read back: nothing is evaluated again
+    saved = (out / "cells" / "hydra" / "parity-L8-seed0.json").read_text()
+    assert main(["bench-state-tracking", *argv, "--out", str(out)]) == 0
+    assert (out / "cells" / "hydra" / "parity-L8-seed0.json").read_text() == saved
+
+
 def test_variant_options_are_literals_and_may_hold_commas():
     v = Variant("hydra:scan_impl=two_pass, dt_limit=(0.0, 2.5),learnable_init_states=True")
     assert v.mixer == "hydra"

@@ -34,7 +34,7 @@ import sys
 import time
 
 DEFAULT_TYPES = ["dense", "toeplitz", "vandermonde", "cauchy", "low_rank", "attention", "quasiseparable",
-                 "semiseparable"]
+                 "semiseparable", "bi_gla", "bi_deltanet", "bi_complex", "hydra"]
 
 COMPLEXITY = {
     # type: (time, memory, direction)
@@ -46,6 +46,10 @@ COMPLEXITY = {
     "attention": ("O(L^2)", "O(L) (fused SDPA)", "bidirectional"),
     "quasiseparable": ("O(L)", "O(L)", "bidirectional"),
     "semiseparable": ("O(L)", "O(L)", "causal"),
+    "bi_gla": ("O(L)", "O(L)", "bidirectional"),
+    "bi_deltanet": ("O(L)", "O(L)", "bidirectional"),
+    "bi_complex": ("O(L)", "O(L)", "bidirectional"),
+    "hydra": ("O(L)", "O(L)", "bidirectional"),
 }
 
 
@@ -53,14 +57,17 @@ def _worker(cfg: dict) -> dict:
     import torch
 
     from hydra_ssm.bench.machine import PeakMemory
-    from hydra_ssm.mixers import MatrixMixer
+    from hydra_ssm.mixers import MatrixMixer, build_mixer
 
     torch.manual_seed(0)
     torch.set_num_threads(cfg["threads"]) if cfg["threads"] else None
     device = torch.device(cfg["device"])
     L = cfg["L"]
-    m = MatrixMixer(cfg["type"], cfg["dd"], cfg["d_model"], cfg["qk_dim"], max_seq_len=L, headdim=cfg["headdim"],
-                    device=device)
+    if cfg["type"] == "hydra":  # the Hydra layer (not a matrix class), at its defaults but the head size
+        m = build_mixer("hydra", cfg["d_model"], headdim=cfg["headdim"], device=device, **cfg["options"])
+    else:
+        m = MatrixMixer(cfg["type"], cfg["dd"], cfg["d_model"], cfg["qk_dim"], max_seq_len=L, headdim=cfg["headdim"],
+                        device=device, **cfg["options"])
     u = torch.randn(cfg["batch"], L, cfg["d_model"], device=device, requires_grad=True)
 
     def step():
@@ -101,7 +108,9 @@ def _run_one(cfg: dict, timeout: float, env: dict | None = None) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m hydra_ssm.bench.mixers", description=__doc__.split("\n\n")[0])
-    p.add_argument("--types", nargs="+", default=DEFAULT_TYPES)
+    p.add_argument("--types", nargs="+", default=DEFAULT_TYPES,
+                   help="mixers: NAME or NAME:key=value,key=value (the class's options, e.g. "
+                        "bi_deltanet:num_householder=2); 'hydra' is the Hydra layer")
     p.add_argument("--forms", nargs="+", choices=["di", "sam"], default=["di", "sam"])
     p.add_argument("--lengths", nargs="+", type=int, default=[1024, 4096, 16384])
     p.add_argument("--d-model", type=int, default=256)
@@ -133,9 +142,20 @@ def main(argv: list[str] | None = None) -> int:
     print(header)
     print("|" + "---|" * (5 + len(args.lengths)))
     sys.stdout.flush()
+    from hydra_ssm._checks import check_options
+    from hydra_ssm.bench.state_tracking import Variant
     from hydra_ssm.mixers import get_mixer_class
+    from hydra_ssm.mixers.registry import accepted_options
+    from hydra_ssm.train.config import UsageError
 
-    for t in args.types:
+    try:  # every variant's mixer and options are checked before any run
+        variants = [Variant(text) for text in args.types]
+        for variant in variants:
+            check_options(f"the {variant.mixer!r} mixer", variant.options, accepted_options(get_mixer_class(variant.mixer)))
+    except (UsageError, ValueError) as err:
+        p.error(f"--types: {err}")
+    for variant in variants:
+        t = variant.mixer
         cls = get_mixer_class(t)
         for form in args.forms:
             if form not in getattr(cls, "forms", ()):
@@ -148,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 if t == "dense" and L > args.dense_max_len:
                     cells.append("skipped (L^2 params)")
                     continue
-                cfg = dict(type=t, dd=form == "sam", L=L, d_model=args.d_model, headdim=args.headdim,
+                cfg = dict(type=t, options=variant.options, dd=form == "sam", L=L, d_model=args.d_model, headdim=args.headdim,
                            qk_dim=args.qk_dim, batch=args.batch, warmup=args.warmup, repeats=args.repeats,
                            max_seconds=args.max_seconds, device=args.device, threads=args.threads)
                 r = _run_one(cfg, args.timeout, env)
@@ -157,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     runs = "" if r["runs"] == args.repeats else f" (n={r['runs']})"
                     cells.append(f"{r['ms']:.0f} / {r['peak_mb']:.0f}{runs}")
-            print(f"| {t} | {form.upper()} | {tc} | {mc} | {direction} |" + "".join(f" {c} |" for c in cells))
+            print(f"| {variant.text} | {form.upper()} | {tc} | {mc} | {direction} |" + "".join(f" {c} |" for c in cells))
             sys.stdout.flush()
     return 0
 

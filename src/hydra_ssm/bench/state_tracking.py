@@ -7,7 +7,8 @@ trains one model per cell (variant x task x length x seed) with ``hydra-ssm trai
 (``--task synthetic --synthetic-task TASK --state-len LENGTH``, in this process) and prints a markdown
 table: per (variant, task, length) the final validation accuracy of every seed (per-position accuracy on
 the whole validation set), their mean, and how many seeds solved the cell (accuracy >= ``--solved``,
-0.99 by default). A variant is a registered mixer name, optionally with mixer options:
+0.99 by default). ``--eval-lengths 256 1024`` also evaluates every trained model on validation sequences
+of those lengths (length generalisation: a model that tracks the state solves any length). A variant is a registered mixer name, optionally with mixer options:
 ``NAME:key=value,key=value`` (values read as Python literals, else strings), which reach the mixer as
 ``hydra-ssm train --mixer-option key=value`` does.
 
@@ -133,17 +134,52 @@ def read_cell(path: str, cfg) -> dict:
     return cell
 
 
-def table(cells: list[dict], seeds: list[int], solved: float) -> str:
+def longer_accuracy(cell: dict, length: int, val_size: int, batch_size: int) -> float | None:
+    """Per-position accuracy of a cell's trained model on ``val_size`` validation sequences of another
+    ``length`` (the validation stream of the task), or None when the model cannot read that length (learned
+    position embeddings shorter than it)."""
+    import torch
+
+    from ..models import HydraForMaskedLM
+    from ..train.synthetic import VAL_SEED, parity_examples, s5_examples
+
+    model = HydraForMaskedLM.from_pretrained(os.path.join(cell["run_dir"], "model")).eval()
+    config = model.config
+    if config.use_position_embeddings and config.max_position_embeddings < length + 2:
+        return None
+    make = {"parity": parity_examples, "s5": s5_examples}[cell["task"]]
+    ids, labels = make(val_size, length, seed=VAL_SEED)
+    right = total = 0
+    with torch.no_grad():
+        for start in range(0, val_size, batch_size):
+            logits = model(input_ids=ids[start: start + batch_size]).logits
+            y = labels[start: start + batch_size]
+            keep = y != -100
+            right += int((logits.argmax(-1) == y)[keep].sum())
+            total += int(keep.sum())
+    return right / max(total, 1)
+
+
+def table(cells: list[dict], seeds: list[int], solved: float, eval_lengths: list[int] = ()) -> str:
     """Markdown: one row per (variant, task, length), in the order the cells were planned."""
     groups: dict = {}
     for c in cells:
         groups.setdefault((c["variant"], c["task"], c["length"]), []).append(c)
     head = ["variant", "task", "L", f"val acc (seeds {', '.join(map(str, seeds))})", "mean", f"solved (>= {solved})"]
+    head += [f"at L={n}: acc (seeds), solved" for n in eval_lengths]
     rows = []
     for (variant, task, length), cs in groups.items():
-        accs = [c["val_accuracy"] for c in sorted(cs, key=lambda c: seeds.index(c["seed"]))]
-        rows.append([variant, task, str(length), ", ".join(f"{a:.4f}" for a in accs), f"{statistics.mean(accs):.4f}",
-                     f"{sum(a >= solved for a in accs)}/{len(accs)}"])
+        cs = sorted(cs, key=lambda c: seeds.index(c["seed"]))
+        accs = [c["val_accuracy"] for c in cs]
+        row = [variant, task, str(length), ", ".join(f"{a:.4f}" for a in accs), f"{statistics.mean(accs):.4f}",
+               f"{sum(a >= solved for a in accs)}/{len(accs)}"]
+        for n in eval_lengths:
+            longer = [c.get("longer", {}).get(str(n)) for c in cs]
+            if any(a is None for a in longer):
+                row.append("n/a (positions learned up to L)")
+            else:
+                row.append(", ".join(f"{a:.4f}" for a in longer) + f"; {sum(a >= solved for a in longer)}/{len(longer)}")
+        rows.append(row)
     widths = [max(3, len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = lambda cells_: "| " + " | ".join(c.ljust(w) for c, w in zip(cells_, widths)) + " |"  # noqa: E731
     sep = "| " + " | ".join("-" * w if i < 2 else "-" * (w - 1) + ":" for i, w in enumerate(widths)) + " |"
@@ -166,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=20, help="default: 20")
     p.add_argument("--train-size", type=int, default=20000, help="generated training sequences (default: 20000)")
     p.add_argument("--val-size", type=int, default=256, help="generated validation sequences (default: 256)")
+    p.add_argument("--eval-lengths", nargs="+", type=int, default=[], help="also evaluate every trained model on "
+                   "validation sequences of these lengths (length generalisation; default: none)")
     p.add_argument("--eval-every", type=int, default=0, help="evaluate every N steps (default: 0 = only at the end)")
     p.add_argument("--solved", type=float, default=0.99, help="validation accuracy that counts as solved "
                    "(default: 0.99)")
@@ -202,8 +240,9 @@ def study(args) -> int:
         values = getattr(args, name)
         if len(set(values)) != len(values):
             raise UsageError(f"--{name} lists a value twice: {' '.join(map(str, values))}")
-    if any(n < 1 for n in args.lengths):
-        raise UsageError(f"--lengths must be >= 1, got {' '.join(map(str, args.lengths))}")
+    for name in ("lengths", "eval_lengths"):
+        if any(n < 1 for n in getattr(args, name)):
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {' '.join(map(str, getattr(args, name)))}")
     variants = [Variant(v) for v in args.variants]
     slugs = [v.slug for v in variants]
     if len(set(slugs)) != len(slugs):
@@ -231,7 +270,14 @@ def study(args) -> int:
         trained += 1
         print(f"{what}: val acc {cells[-1]['val_accuracy']:.4f} in {cells[-1]['wall_s']:.0f}s", file=sys.stderr,
               flush=True)
-    text = table(cells, args.seeds, args.solved)
+    for (v, task, length, seed, cfg, path), cell in zip(plan, cells):  # length generalisation, once per cell
+        longer = cell.setdefault("longer", {})
+        missing = [n for n in args.eval_lengths if str(n) not in longer]
+        for n in missing:
+            longer[str(n)] = longer_accuracy(cell, n, args.val_size, args.batch_size)
+        if missing:
+            atomic_json(path, cell)
+    text = table(cells, args.seeds, args.solved, args.eval_lengths)
     machine = machine_description(plan[0][4].device if plan[0][4].device != "auto" else "cpu")
     budget = (f"{args.steps} steps x batch {args.batch_size}, d_model {args.d_model}, {args.n_layers} layers, "
               f"lr {args.lr}, {args.train_size} training / {args.val_size} validation sequences")
