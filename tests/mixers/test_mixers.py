@@ -482,3 +482,13 @@ def test_negative_eigenvalues_reach_beta_above_one():
     phase = args["phase_fwd"]
     assert torch.all((phase == 0) | (phase == math.pi)) and (phase == math.pi).float().mean() > 0.5
     assert torch.all(args["log_decay_fwd"] <= 0)
+    # with signs of both kinds in each direction, the real-arithmetic scan equals the explicit matrix
+    for m in (make("bi_complex", True, transition="signed"), make("bi_complex", False, transition="signed")):
+        with torch.no_grad():
+            m.matrix_mixer.dt_bias.fill_(0.7)  # steps around log 2: a = 2 exp(-dt) - 1 changes sign
+        _, v, feats = m._streams(u, None)
+        args = m._args(v, feats)
+        for d in ("fwd", "bwd"):
+            assert 0 < (args[f"phase_{d}"] == math.pi).float().mean() < 1
+        M = m.materialize(u)
+        torch.testing.assert_close(m.mix(v, feats, None), torch.einsum("bhij,bjhp->bihp", M, v), rtol=1e-9, atol=1e-10)

@@ -81,7 +81,28 @@ class BiComplexMixer(SSMMixer):
 
     def mix(self, v, feats, mask):
         args = self._args(v, feats)
+        if self.transition == "signed":
+            args = self._real_signed(args)
         return bi_gated_chunked(v, **args, chunk_size=self.chunk_size).to(v.dtype)
+
+    @staticmethod
+    def _real_signed(args: dict) -> dict:
+        """The signed scan in real arithmetic: with phases 0 or pi, the product of the signs of a[j+1..i] is
+        s[i] s[j] for the running sign s[t] = (-1)^(number of negative decays up to t, in the direction's own
+        order), so q[i] s[i] and k[j] s[j] carry them exactly and the phases can go (their gradient is 0)."""
+        out = dict(args)
+        for direction, reverse in (("fwd", False), ("bwd", True)):
+            negative = (args[f"phase_{direction}"] != 0).to(torch.int64)
+            if reverse:  # the backward direction counts from the right
+                negative = negative.flip(1)
+            count = negative.cumsum(1)
+            sign = (1 - 2 * (count % 2)).to(args[f"q_{direction}"].dtype)
+            if reverse:
+                sign = sign.flip(1)
+            out[f"q_{direction}"] = args[f"q_{direction}"] * sign
+            out[f"k_{direction}"] = args[f"k_{direction}"] * sign
+            out[f"phase_{direction}"] = None
+        return out
 
     def matrix(self, v, feats, mask):
         return bi_gated_matrix(**self._args(v, feats))
