@@ -34,21 +34,24 @@ tok = AutoTokenizer.from_pretrained(model_dir)
 enc = tok(["1 0 1 1 0 0 1 0"], return_tensors="pt")
 with torch.no_grad():
     logits = model(**enc).logits
-scan = {m.scan_impl for m in model.modules() if hasattr(m, "scan_impl")}
+option = sys.argv[2]
+values = {getattr(m, option) for m in model.modules() if hasattr(m, option)}
 print(json.dumps({"evaluate": json.loads(buf.getvalue()), "mixer_options": model.config.mixer_options,
-                  "scan_impl": sorted(scan), "ids": enc["input_ids"][0].tolist(), "shape": list(logits.shape)}))
+                  "values": sorted(values), "ids": enc["input_ids"][0].tolist(), "shape": list(logits.shape)}))
 """
 
 
-def test_parity_run_evaluates_the_same_in_a_fresh_process_and_reloads_its_mixer_options(tmp_path):
+@pytest.mark.parametrize("mixer,option,value", [("hydra", "scan_impl", "two_pass"),
+                                                 ("bi_deltanet", "allow_neg_eigval", True)])
+def test_parity_run_evaluates_the_same_in_a_fresh_process_and_reloads_its_mixer_options(tmp_path, mixer, option, value):
     out = tmp_path / "run"
     assert main(["train", "--task", "synthetic", "--synthetic-task", "parity", "--state-len", "8",
-                 "--synthetic-train-size", "64", "--synthetic-val-size", "24", "--mixers", "hydra", "--mixer-option",
-                 "scan_impl=two_pass", "--steps", "4", "--batch-size", "8", "--eval-batches", "0", "--eval-every",
+                 "--synthetic-train-size", "64", "--synthetic-val-size", "24", "--mixers", mixer, "--mixer-option",
+                 f"{option}={value}", "--steps", "4", "--batch-size", "8", "--eval-batches", "0", "--eval-every",
                  "4", "--output-dir", str(out), *TINY]) == 0
     result = json.loads((out / "results.json").read_text())["results"][0]
-    model_dir = out / "synthetic-parity" / "hydra" / "model"
-    r = subprocess.run([sys.executable, "-c", FRESH, str(model_dir)], env=cli_env(), capture_output=True, text=True,
+    model_dir = out / "synthetic-parity" / mixer / "model"
+    r = subprocess.run([sys.executable, "-c", FRESH, str(model_dir), option], env=cli_env(), capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
@@ -56,7 +59,7 @@ def test_parity_run_evaluates_the_same_in_a_fresh_process_and_reloads_its_mixer_
     assert got["evaluate"]["eval_targets"] == 24 * 8  # every bit of every validation sequence
     assert got["evaluate"]["eval_accuracy"] == result["val_accuracy"]
     assert abs(got["evaluate"]["eval_loss"] - result["val_loss"]) < 1e-6
-    assert got["mixer_options"] == {"scan_impl": "two_pass"} and got["scan_impl"] == ["two_pass"]
+    assert got["mixer_options"] == {option: value} and got["values"] == [value]
     assert got["ids"] == [2, 6, 5, 6, 6, 5, 5, 6, 5, 3]  # [CLS] bits [SEP]
     assert got["shape"] == [1, 10, 11]  # 5 specials, 2 bits and 4 answers
 
