@@ -132,16 +132,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.omp_wait_policy and "OMP_WAIT_POLICY" not in env:
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy
 
-    from hydra_ssm.bench.machine import machine_description
-
-    print(f"Machine: {machine_description(args.device)}; device {args.device}; d_model {args.d_model}, headdim {args.headdim}, "
-          f"qk_dim {args.qk_dim}, batch {args.batch}; forward+backward, median of up to {args.repeats} runs after "
-          f"{args.warmup} warm-up; peak = extra memory over weights and input; threads "
-          f"{args.threads or 'default'}, OMP_WAIT_POLICY {env.get('OMP_WAIT_POLICY', 'default')}.\n")
-    header = "| type | form | time | memory | direction |" + "".join(f" L={L}: ms / MB |" for L in args.lengths)
-    print(header)
-    print("|" + "---|" * (5 + len(args.lengths)))
-    sys.stdout.flush()
     from hydra_ssm._checks import check_options
     from hydra_ssm.bench.state_tracking import Variant
     from hydra_ssm.mixers import get_mixer_class
@@ -154,6 +144,17 @@ def main(argv: list[str] | None = None) -> int:
             check_options(f"the {variant.mixer!r} mixer", variant.options, accepted_options(get_mixer_class(variant.mixer)))
     except (UsageError, ValueError) as err:
         p.error(f"--types: {err}")
+
+    from hydra_ssm.bench.machine import machine_description
+
+    print(f"Machine: {machine_description(args.device)}; device {args.device}; d_model {args.d_model}, headdim {args.headdim}, "
+          f"qk_dim {args.qk_dim}, batch {args.batch}; forward+backward, median of up to {args.repeats} runs after "
+          f"{args.warmup} warm-up; peak = extra memory over weights and input; threads "
+          f"{args.threads or 'default'}, OMP_WAIT_POLICY {env.get('OMP_WAIT_POLICY', 'default')}.\n")
+    header = "| type | form | time | memory | direction |" + "".join(f" L={L}: ms / MB |" for L in args.lengths)
+    print(header)
+    print("|" + "---|" * (5 + len(args.lengths)))
+    sys.stdout.flush()
     for variant in variants:
         t = variant.mixer
         cls = get_mixer_class(t)
