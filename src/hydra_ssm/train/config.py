@@ -68,9 +68,9 @@ class TrainConfig:
     mask_prob: float = _f(0.15, "mlm: fraction of tokens masked (80%% [MASK], 10%% random, 10%% kept), in training "
                                 "and evaluation")
     synthetic_task: str = _f("mqar", "synthetic: mqar (non-causal multi-query associative recall), listops "
-                                     "(nested MAX/MIN/MED/SM expressions), parity (bits; every position's label is "
-                                     "the parity of the whole sequence) or s5 (elements of the symmetric group S5; "
-                                     "every position's label is the product of the whole word)",
+                                     "(nested MAX/MIN/MED/SM expressions), parity (bits; each position's label is the "
+                                     "parity of its prefix and of its suffix) or s5 (elements of the symmetric group "
+                                     "S5; the product of the prefix at odd, of the suffix at even positions)",
                              choices=SYNTHETIC_TASKS)
     synthetic_train_size: int = _f(20000, "synthetic: number of generated training examples")
     synthetic_val_size: int = _f(500, "synthetic: number of generated validation examples")
