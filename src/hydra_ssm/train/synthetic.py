@@ -1,5 +1,5 @@
 """Generated tasks: non-causal multi-query associative recall (MQAR), ListOps, and the state-tracking tasks
-parity and S5 (the label at every position is a function of the whole sequence).
+parity and S5 (at every position, what a left-to-right and a right-to-left scan have accumulated there).
 
 All are generated from fixed seeds (train and validation from different
 streams), independent of the training seed, so every mixer sees the same data.
