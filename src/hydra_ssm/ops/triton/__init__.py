@@ -1,0 +1,34 @@
+"""Hydra's scan on Triton kernels (optional: ``pip install triton``; imported lazily).
+
+``quasiseparable_chunked(..., backend="triton")`` runs it; ``backend="auto"`` picks it for
+CUDA tensors when Triton can be imported. With the environment variable
+``TRITON_INTERPRET=1`` set before the first call, Triton's interpreter runs the same
+kernels on CPU tensors (slowly): that is how the tests check them without a GPU.
+
+Layout: ``kernels.py`` (the Triton kernels and the algorithm's notes), ``scan.py`` (the
+launchers, the custom ops ``hydra_ssm::scan_fwd`` / ``scan_bwd`` and their autograd).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True when the ``triton`` package can be imported (without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def interpreting() -> bool:
+    """True when Triton's interpreter is on (``TRITON_INTERPRET=1``): kernels then run on CPU tensors."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def hydra_scan(*args, **kwargs):
+    """:func:`hydra_ssm.ops.triton.scan.hydra_scan`, importing Triton on first use."""
+    from .scan import hydra_scan as run
+
+    return run(*args, **kwargs)

@@ -1,0 +1,207 @@
+"""Hydra's fused scan on Triton kernels: the launchers, a ``torch.library`` custom op, its autograd.
+
+``hydra_scan`` computes what ``quasiseparable_chunked`` computes (same arguments, already
+checked by the caller), with the log-decays prepared here under ordinary autograd and the
+rest in the kernels of ``kernels.py``. The forward and backward kernels are the custom ops
+``hydra_ssm::scan_fwd`` and ``hydra_ssm::scan_bwd``, with fake (meta) kernels, so
+``torch.compile`` treats them as opaque calls and traces the code around them.
+
+No host synchronisation: every size comes from tensor shapes.
+
+Log-decays are cumulative sums inside each chunk, formed in float64 and kept in the
+compute dtype (float32 unless an input is float64). In float32 an entry exp(r_i - k_j)
+of a block then has a relative error up to about |T| 2^-24, T the chunk's total
+log-decay (1e-5 at |T| = 200); the torch backend switches to float64 log-decays past
+|T| = 256, which needs a host synchronisation this path does not make.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import triton
+import triton.language as tl
+
+from . import kernels
+
+_DOT = {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
+
+
+def block_chunk(chunk_size: int) -> int:
+    """The chunk the kernels use: the largest power of two <= chunk_size, clamped to [16, 64] (tl.dot needs
+    at least 16; past 64 the Q x Q tiles of the backward kernel no longer fit in registers)."""
+    return max(16, min(64, 1 << (max(chunk_size, 1).bit_length() - 1)))
+
+
+def _pow2(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _config(x: torch.Tensor, acc: torch.dtype):
+    """(DOT, PREC, ACC) constexprs: matmul operand dtype, its precision, accumulation dtype."""
+    dot = torch.float64 if acc == torch.float64 else x.dtype
+    return _DOT[dot], "ieee", _DOT[acc]
+
+
+def _same_strides(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The tensors, made contiguous unless they already share one stride layout (one set of stride args)."""
+    if all(t.stride() == ts[0].stride() for t in ts):
+        return ts
+    return tuple(t.contiguous() for t in ts)
+
+
+def _sizes(x, B_fwd, q):
+    b, l, h, p = x.shape
+    g, n = B_fwd.shape[2:]
+    nc = triton.cdiv(l, q)
+    return b, l, h, p, g, n, nc, nc * q
+
+
+@torch.library.custom_op("hydra_ssm::scan_fwd", mutates_args=())
+def scan_fwd(x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: torch.Tensor, B_fwd: torch.Tensor, C_fwd: torch.Tensor,
+             B_bwd: torch.Tensor, C_bwd: torch.Tensor, decays: torch.Tensor, totals: torch.Tensor,
+             D: torch.Tensor | None, init: torch.Tensor | None, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """y (B, L, H, P) in x's dtype, and the entering states (2, B, NC, H, BN, BP) that backward reads."""
+    b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
+    acc = decays.dtype
+    bn, bp = _pow2(n), _pow2(p)
+    DOT, PREC, ACC = _config(x, acc)
+    B_fwd, C_fwd, B_bwd, C_bwd = _same_strides(B_fwd, C_fwd, B_bwd, C_bwd)
+    dt_fwd, dt_bwd = _same_strides(dt_fwd, dt_bwd)
+    states = torch.empty(2, b, nc, h, bn, bp, device=x.device, dtype=acc)
+    y = torch.empty(b, l, h, p, device=x.device, dtype=x.dtype)
+    sB, sdt = B_fwd.stride(), dt_fwd.stride()
+    grid = (nc, b * h)
+    kernels.chunk_states[grid](x, B_fwd, B_bwd, dt_fwd, dt_bwd, decays, totals, states,
+                               b, l, h, g, n, p, nc, lc, *x.stride(), *sB, *sdt,
+                               Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC)
+    si = (0,) * 5 if init is None else init.stride()
+    kernels.pass_states[(b * h, 2)](states, totals, init if init is not None else states, b, h, n, p, nc, *si,
+                                    HAS_INIT=init is not None, BN=bn, BP=bp, ACC=ACC)
+    sD = (0, 0, 0) if D is None else D.stride()
+    kernels.outputs[grid](x, B_fwd, C_fwd, B_bwd, C_bwd, dt_fwd, dt_bwd, decays, states,
+                          D if D is not None else x, y, b, l, h, g, n, p, nc, lc,
+                          *x.stride(), *sB, *sdt, *sD, *y.stride(),
+                          HAS_D=D is not None, Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC)
+    return y, states
+
+
+@scan_fwd.register_fake
+def _(x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, decays, totals, D, init, chunk):
+    b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
+    return x.new_empty(b, l, h, p), decays.new_empty(2, b, nc, h, _pow2(n), _pow2(p))
+
+
+@torch.library.custom_op("hydra_ssm::scan_bwd", mutates_args=())
+def scan_bwd(dy: torch.Tensor, x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: torch.Tensor, B_fwd: torch.Tensor,
+             C_fwd: torch.Tensor, B_bwd: torch.Tensor, C_bwd: torch.Tensor, decays: torch.Tensor,
+             totals: torch.Tensor, D: torch.Tensor | None, states: torch.Tensor,
+             chunk: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+                                  torch.Tensor]:
+    """Gradients (accumulation dtype): dx (B, L, H, P); dBC (4, B, L, G, N) = dB_f, dC_f, dB_b, dC_b;
+    ddt (2, B, L, H) as a factor; ddecays (4, B, LC, H); dtotals (2, B, NC, H); dD (B, L, H) (empty
+    without D); dinit (2, B, H, P, N)."""
+    b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
+    acc = decays.dtype
+    bn, bp = _pow2(n), _pow2(p)
+    DOT, PREC, ACC = _config(x, acc)
+    B_fwd, C_fwd, B_bwd, C_bwd = _same_strides(B_fwd, C_fwd, B_bwd, C_bwd)
+    dt_fwd, dt_bwd = _same_strides(dt_fwd, dt_bwd)
+    sB, sdt = B_fwd.stride(), dt_fwd.stride()
+    new = dict(device=x.device, dtype=acc)
+    grid = (nc, b * h)
+    dS = torch.empty_like(states)
+    kernels.readout_grads[grid](dy, C_fwd, C_bwd, decays, dS, b, l, h, g, n, p, nc, lc, *dy.stride(), *sB,
+                                Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC)
+    dtot_carry = torch.empty(2, b, nc, h, **new)
+    dinit = torch.empty(2, b, h, p, n, **new)
+    kernels.pass_state_grads[(b * h, 2)](dS, states, totals, dtot_carry, dinit, b, h, n, p, nc,
+                                         BN=bn, BP=bp, ACC=ACC)
+    dx = torch.empty(b, l, h, p, **new)
+    dBC = torch.zeros(4, b, l, h, bn, **new)  # rows no chunk writes (C's first / last row) stay 0
+    ddt = torch.empty(2, b, l, h, **new)
+    ddec = torch.empty(4, b, lc, h, **new)
+    dtot = torch.empty(2, b, nc, h, **new)
+    dD = torch.empty(b, l, h, **new) if D is not None else x.new_empty(0, dtype=acc)
+    sD = (0, 0, 0) if D is None else D.stride()
+    kernels.chunk_grads[grid](x, dy, B_fwd, C_fwd, B_bwd, C_bwd, dt_fwd, dt_bwd, decays, totals, states, dS,
+                              D if D is not None else x, dx, dBC, ddt, ddec, dtot, dD,
+                              b, l, h, g, n, p, nc, lc, *x.stride(), *dy.stride(), *sB, *sdt, *sD, *dx.stride(),
+                              HAS_D=D is not None, Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC)
+    # per-head gradients of the group tensors: summed over the heads of each group
+    dBC = dBC[..., :n].view(4, b, l, g, h // g, n).sum(4)
+    return dx, dBC, ddt, ddec, dtot + dtot_carry, dD, dinit
+
+
+@scan_bwd.register_fake
+def _(dy, x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, decays, totals, D, states, chunk):
+    b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
+    new = decays.new_empty
+    return (new(b, l, h, p), new(4, b, l, g, n), new(2, b, l, h), new(4, b, lc, h), new(2, b, nc, h),
+            new(b, l, h) if D is not None else new(0), new(2, b, h, p, n))
+
+
+def _setup_context(ctx, inputs, output):
+    x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, decays, totals, D, init, chunk = inputs
+    ctx.save_for_backward(x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, decays, totals, D, output[1])
+    ctx.chunk = chunk
+    ctx.has_init = init is not None
+
+
+def _backward(ctx, dy, dstates):
+    x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, decays, totals, D, states = ctx.saved_tensors
+    dx, dBC, ddt, ddec, dtot, dD, dinit = scan_bwd(dy, x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, decays,
+                                                   totals, D, states, ctx.chunk)
+    dB_f, dC_f, dB_b, dC_b = (t.to(B_fwd.dtype) for t in dBC.unbind(0))
+    return (dx.to(x.dtype), ddt[0].to(dt_fwd.dtype), ddt[1].to(dt_bwd.dtype), dB_f, dC_f, dB_b, dC_b, ddec, dtot,
+            None if D is None else dD.to(D.dtype), dinit if ctx.has_init else None, None)
+
+
+scan_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _log_decays(dt_fwd: torch.Tensor, dt_bwd: torch.Tensor, A: torch.Tensor, q: int, acc: torch.dtype):
+    """(decays (4, B, LC, H): r_f, k_f, r_b, k_b; totals (2, B, NC, H)) inside chunks of q, under autograd.
+
+    a_t = dt_t A. Forward (outputs read j < i): r_i = sum of a over [chunk start, i), k_j over [chunk start, j];
+    backward (j > i), measured from the chunk's end: r_i = sum over (i, chunk end], k_j over [j, chunk end].
+    In both, r_i - k_j is the sum strictly between i and j; T is the chunk's total.
+    """
+    b, l, h = dt_fwd.shape
+    nc = triton.cdiv(l, q)
+    a = torch.stack([dt_fwd, dt_bwd]).double() * A.double()  # (2, B, L, H) per-position log-decays
+    a = F.pad(a, (0, 0, 0, nc * q - l)).view(2, b, nc, q, h)
+    inclusive = a.cumsum(3)
+    exclusive = inclusive - a
+    total = inclusive[:, :, :, -1:]
+    r_f, k_f = exclusive[0], inclusive[0]
+    r_b, k_b = total[1] - inclusive[1], total[1] - exclusive[1]
+    decays = torch.stack([r_f, k_f, r_b, k_b]).reshape(4, b, nc * q, h).to(acc)
+    return decays, total.squeeze(3).to(acc).contiguous()
+
+
+def hydra_scan(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size: int = 64,
+               initial_states=(None, None)):
+    """Hydra's mixer on the Triton kernels (arguments checked by the caller; B, L > 0).
+
+    x (B, L, H, P); dt_* (B, L, H); A (H,); B_*, C_* (B, L, G, N); D None, (H,) or (B, L, H);
+    initial_states: a (forward, backward) pair, each None or (B, H, P, N). Returns y in x's dtype.
+    """
+    acc = torch.float64 if any(t is not None and t.dtype == torch.float64
+                               for t in (x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, *initial_states)) \
+        else torch.float32
+    if acc == torch.float64:
+        x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd = (t.double() for t in (x, dt_fwd, dt_bwd, B_fwd, C_fwd,
+                                                                              B_bwd, C_bwd))
+    b, l, h, p = x.shape
+    q = block_chunk(chunk_size)
+    decays, totals = _log_decays(dt_fwd, dt_bwd, A, q, acc)
+    if D is not None:
+        D = (D.expand(b, l, h) if D.dim() == 1 else D).to(acc)
+    init_f, init_b = initial_states
+    init = None
+    if init_f is not None or init_b is not None:
+        zero = x.new_zeros(b, h, p, B_fwd.shape[-1], dtype=acc)
+        init = torch.stack([zero if s is None else s.to(acc) for s in (init_f, init_b)])
+    y, _ = scan_fwd(x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, decays, totals, D, init, q)
+    return y
