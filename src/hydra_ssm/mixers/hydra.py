@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import numbers
 from typing import NamedTuple
 
@@ -21,7 +22,13 @@ from .context_parallel import check_group, exchange_halo, gather_summaries, shar
 from .norm import GatedRMSNorm
 from .registry import SequenceMixer, check_packed_row, register_mixer
 
-SCAN_IMPLS = {"fused": quasiseparable_chunked, "two_pass": quasiseparable_two_pass, "minimal": quasiseparable_minimal}
+SCAN_IMPLS = {
+    "auto": functools.partial(quasiseparable_chunked, backend="auto"),  # Triton on CUDA when importable, else torch
+    "fused": functools.partial(quasiseparable_chunked, backend="torch"),
+    "triton": functools.partial(quasiseparable_chunked, backend="triton"),
+    "two_pass": quasiseparable_two_pass,
+    "minimal": quasiseparable_minimal,
+}
 
 
 def scan_for(scan_impl: str):
@@ -84,8 +91,11 @@ class Hydra(SequenceMixer):
     O(H P N) numbers per rank (``hydra_ssm.mixers.context_parallel``): the
     communication does not grow with the sequence length. No attention mask.
 
-    ``scan_impl`` chooses the quasiseparable algorithm: ``"fused"`` (default,
-    one pass over the chunks for both directions), ``"two_pass"`` (the causal
+    ``scan_impl`` chooses the quasiseparable algorithm: ``"auto"`` (default: the
+    fused Triton kernels for CUDA inputs when ``triton`` is installed and the batch
+    is not packed, else ``"fused"``), ``"fused"`` (the pure-PyTorch scan, one pass
+    over the chunks for both directions, any device), ``"triton"`` (the Triton
+    kernels, forced: :mod:`hydra_ssm.ops.triton`), ``"two_pass"`` (the causal
     scan on x and on the flipped x, kept for comparison) or ``"minimal"`` (no
     loops, no in-place writes: :func:`hydra_ssm.ops.quasiseparable_minimal`).
     While ``torch.export`` or ``torch.onnx.export`` traces the layer it always
@@ -128,7 +138,7 @@ class Hydra(SequenceMixer):
         layer_idx=None,
         device=None,
         dtype=None,
-        scan_impl="fused",
+        scan_impl="auto",
     ):
         super().__init__()
         factory = {"device": device, "dtype": dtype}

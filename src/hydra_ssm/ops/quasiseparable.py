@@ -59,8 +59,35 @@ def _add_diag(y, x, D):
     return y if diag is None else y + diag
 
 
+BACKENDS = ("auto", "torch", "triton")
+
+
+def resolve_backend(backend: str, x: torch.Tensor, cu_seqlens=None) -> str:
+    """``"torch"`` or ``"triton"``: what ``backend`` means for inputs like x (see :func:`quasiseparable_chunked`).
+
+    ``"auto"`` is Triton for CUDA tensors when the package can be imported and the batch is not packed, else
+    torch. ``"triton"`` is refused, with the reason, where it cannot run.
+    """
+    from .triton import interpreting, triton_available
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if x.is_cuda and cu_seqlens is None and triton_available() else "torch"
+    if backend == "triton":
+        if not triton_available():
+            raise ImportError("backend='triton' needs the triton package: pip install 'hydra-ssm[triton]'")
+        if cu_seqlens is not None:
+            raise ValueError("backend='triton' does not take packed batches (cu_seqlens): use backend='torch' "
+                             "or 'auto' (which runs them on torch)")
+        if not x.is_cuda and not interpreting():
+            raise ValueError(f"backend='triton' runs CUDA tensors (x is on {x.device}); set TRITON_INTERPRET=1 "
+                             "before the first call to run its kernels on CPU tensors in Triton's interpreter")
+    return backend
+
+
 def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size: int = 64,
-                           initial_states=None, cu_seqlens=None):
+                           initial_states=None, cu_seqlens=None, backend: str = "auto"):
     """Hydra's mixer in one pass over the chunks for both directions.
 
     Args:
@@ -76,6 +103,14 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
         cu_seqlens: None, or the (n + 1,) integer offsets of n sequences packed
             into one row (B = 1, L = total): each is mixed alone, and the initial
             states enter every one of them.
+        backend: ``"torch"`` (the pure-PyTorch scan below, any device), ``"triton"``
+            (fused Triton kernels, ``hydra_ssm.ops.triton``: CUDA tensors, or CPU
+            tensors under ``TRITON_INTERPRET=1``; no packed batches; no host
+            synchronisation beyond the argument checks) or ``"auto"`` (Triton for CUDA
+            tensors when it can be imported and the batch is not packed, else torch).
+            The Triton kernels use chunks of ``block_chunk(chunk_size)`` (a power of two
+            in [16, 64]) and keep bfloat16 / float16 matmul operands in that dtype, with
+            float32 accumulation.
 
     Each Q x Q diagonal block (both triangles) is built once and applied with
     one matmul; forward states are carried left to right and backward states
@@ -93,6 +128,10 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
                                                          chunk_size, initial_states, cu_seqlens)
     if b == 0 or l == 0:  # nothing to scan; the reference gives the empty output and zero gradients
         return quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states)
+    if resolve_backend(backend, x, cu_seqlens) == "triton":
+        from .triton import hydra_scan
+
+        return hydra_scan(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, (s_fwd, s_bwd))
     out_dtype = x.dtype
     cdt = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, s_fwd, s_bwd)
     if lengths is None:

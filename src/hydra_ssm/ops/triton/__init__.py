@@ -11,15 +11,15 @@ launchers, the custom ops ``hydra_ssm::scan_fwd`` / ``scan_bwd`` and their autog
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import os
 
+_FOUND = importlib.util.find_spec("triton") is not None  # looked up once, without importing triton
 
-@functools.cache
+
 def triton_available() -> bool:
-    """True when the ``triton`` package can be imported (without importing it)."""
-    return importlib.util.find_spec("triton") is not None
+    """True when the ``triton`` package can be imported."""
+    return _FOUND
 
 
 def interpreting() -> bool:
