@@ -30,7 +30,9 @@ are written per position; the caller turns them into gradients of dt and A
 
 Buffers (all contiguous, made by the caller): decays (4, B, LC, H) holding r_f, k_f,
 r_b, k_b over the chunk-padded length LC; totals (2, B, NC, H); states
-(2, B, NC, H, BN, BP). Accumulation is float32 (float64 for float64 inputs); matmul
+(2, B, NC, H, BN, BP), in the inputs' dtype when that is bfloat16 / float16 (the carry
+itself runs in float32 registers; the matmuls read the states in that dtype anyway), else
+in the accumulation dtype. Accumulation is float32 (float64 for float64 inputs); matmul
 operands are in DOT: bfloat16 / float16 inputs use the tensor cores, float32 and
 float64 exact ("ieee") products.
 """
@@ -113,14 +115,17 @@ def chunk_states(x_ptr, Bf_ptr, Bb_ptr, dtf_ptr, dtb_ptr, dec_ptr, tot_ptr, S_pt
         T = tl.load(tot_ptr + _total_offset(d, b, c, h, NB, NC, H)).to(ACC)
         w = dt * tl.exp(T - k)  # each column's weight in the state handed on (T - k <= 0)
         S = _dot(tl.trans(Bt * w[:, None]), x, DOT, PREC, ACC)  # (BN, BP)
-        tl.store(S_ptr + _state_offset(d, b, c, h, NB, NC, H, BN, BP) + ns[:, None] * BP + ps[None, :], S)
+        tl.store(S_ptr + _state_offset(d, b, c, h, NB, NC, H, BN, BP) + ns[:, None] * BP + ps[None, :],
+                 S.to(S_ptr.dtype.element_ty))
 
 
 @triton.jit
 def pass_states(S_ptr, tot_ptr, init_ptr, NB, H, N, P, NC,
                 si_d, si_b, si_h, si_p, si_n,
-                HAS_INIT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, ACC: tl.constexpr):
-    """Chunk states -> entering states, in place, for (batch, head) program_id(0) and direction program_id(1).
+                HAS_INIT: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, BLOCK_P: tl.constexpr,
+                ACC: tl.constexpr):
+    """Chunk states -> entering states, in place, for (batch, head) program_id(0), direction program_id(1)
+    and columns program_id(2) * BLOCK_P onwards of the (BN, BP) states.
 
     Forward: H[0] = init, H[c + 1] = exp(T[c]) H[c] + S[c]; backward the same from the last chunk down.
     """
@@ -129,18 +134,19 @@ def pass_states(S_ptr, tot_ptr, init_ptr, NB, H, N, P, NC,
     b = bh // H
     h = bh % H
     ns = tl.arange(0, BN)[:, None]
-    ps = tl.arange(0, BP)[None, :]
+    ps = tl.program_id(2) * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
     if HAS_INIT:  # stored (P, N) per (direction, batch, head): read transposed
         state = tl.load(init_ptr + d * si_d + b * si_b + h * si_h + ps * si_p + ns * si_n,
                         mask=(ns < N) & (ps < P), other=0.0).to(ACC)
     else:
-        state = tl.zeros((BN, BP), dtype=ACC)
+        state = tl.zeros((BN, BLOCK_P), dtype=ACC)
     for step in range(NC):
         c = step + d * (NC - 1 - 2 * step)  # forward: step; backward: NC - 1 - step
         ptrs = S_ptr + _state_offset(d, b, c, h, NB, NC, H, BN, BP) + ns * BP + ps
-        S = tl.load(ptrs)
-        tl.store(ptrs, state)
-        state = tl.exp(tl.load(tot_ptr + _total_offset(d, b, c, h, NB, NC, H)).to(ACC)) * state + S
+        S = tl.load(ptrs).to(ACC)
+        decay = tl.exp(tl.load(tot_ptr + _total_offset(d, b, c, h, NB, NC, H)).to(ACC))
+        tl.store(ptrs, state.to(S_ptr.dtype.element_ty))
+        state = decay * state + S
 
 
 @triton.jit
@@ -175,6 +181,7 @@ def outputs(x_ptr, Bf_ptr, Cf_ptr, Bb_ptr, Cb_ptr, dtf_ptr, dtb_ptr, dec_ptr, S_
         decay = tl.exp(tl.where(inside, r[:, None] - k[None, :], float("-inf")))
         block += _dot(Ct, tl.trans(Bt), DOT, PREC, ACC) * decay * dt[None, :]
         entering = tl.load(S_ptr + _state_offset(d, b, c, h, NB, NC, H, BN, BP) + ns[:, None] * BP + ps[None, :])
+        entering = entering.to(ACC)
         y += _dot(Ct * tl.exp(r)[:, None], entering, DOT, PREC, ACC)
     y += _dot(block, x, DOT, PREC, ACC)
     if HAS_D:
@@ -201,35 +208,38 @@ def readout_grads(dy_ptr, Cf_ptr, Cb_ptr, dec_ptr, R_ptr,
                    ACC)
         r = _decay(dec_ptr, 2 * d, b, pos, h, NB, LC, H, ACC)
         R = _dot(tl.trans(Ct * tl.exp(r)[:, None]), dy, DOT, PREC, ACC)
-        tl.store(R_ptr + _state_offset(d, b, c, h, NB, NC, H, BN, BP) + ns[:, None] * BP + ps[None, :], R)
+        tl.store(R_ptr + _state_offset(d, b, c, h, NB, NC, H, BN, BP) + ns[:, None] * BP + ps[None, :],
+                 R.to(R_ptr.dtype.element_ty))
 
 
 @triton.jit
 def pass_state_grads(R_ptr, S_ptr, tot_ptr, dtot_ptr, dinit_ptr, NB, H, N, P, NC,
-                     BN: tl.constexpr, BP: tl.constexpr, ACC: tl.constexpr):
-    """The carry reversed, for (batch, head) program_id(0) and direction program_id(1).
+                     BN: tl.constexpr, BP: tl.constexpr, BLOCK_P: tl.constexpr, ACC: tl.constexpr):
+    """The carry reversed, for (batch, head) program_id(0), direction program_id(1), columns as in pass_states.
 
     With G[c] the gradient of the state entering chunk c (R[c] its part through chunk c's outputs),
     visiting the chunks in the carry's reverse order: dS[c] = G[next], dT[c] = exp(T[c]) <H[c], G[next]>,
     G[c] = R[c] + exp(T[c]) G[next]. dS overwrites R; the first chunk's G is the initial state's gradient,
-    stored (P, N) into dinit (2, B, H, P, N).
+    stored (P, N) into dinit (2, B, H, P, N). dT is summed over this program's columns only: dtot has one
+    (2, B, NC, H) slab per column block.
     """
     bh = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1).to(tl.int64)
+    blk = tl.program_id(2).to(tl.int64)
     b = bh // H
     h = bh % H
     ns = tl.arange(0, BN)[:, None]
-    ps = tl.arange(0, BP)[None, :]
-    grad = tl.zeros((BN, BP), dtype=ACC)
+    ps = blk * BLOCK_P + tl.arange(0, BLOCK_P)[None, :]
+    grad = tl.zeros((BN, BLOCK_P), dtype=ACC)
     for step in range(NC):
         c = NC - 1 - step + d * (2 * step + 1 - NC)  # forward: NC - 1 - step; backward: step
         offset = _state_offset(d, b, c, h, NB, NC, H, BN, BP) + ns * BP + ps
-        R = tl.load(R_ptr + offset)
-        tl.store(R_ptr + offset, grad)
-        entering = tl.load(S_ptr + offset)
+        R = tl.load(R_ptr + offset).to(ACC)
+        entering = tl.load(S_ptr + offset).to(ACC)
         t_off = _total_offset(d, b, c, h, NB, NC, H)
         decay = tl.exp(tl.load(tot_ptr + t_off).to(ACC))
-        tl.store(dtot_ptr + t_off, decay * tl.sum(tl.sum(entering * grad, axis=1), axis=0))
+        tl.store(R_ptr + offset, grad.to(R_ptr.dtype.element_ty))
+        tl.store(dtot_ptr + blk * (2 * NB * NC * H) + t_off, decay * tl.sum(tl.sum(entering * grad, axis=1), axis=0))
         grad = R + decay * grad
     tl.store(dinit_ptr + ((d * NB + b) * H + h) * (P * N) + ps * N + ns, grad, mask=(ns < N) & (ps < P))
 
@@ -271,8 +281,8 @@ def chunk_grads(x_ptr, dy_ptr, Bf_ptr, Cf_ptr, Bb_ptr, Cb_ptr, dtf_ptr, dtb_ptr,
         k = _decay(dec_ptr, 2 * d + 1, b, pos, h, NB, LC, H, ACC)
         T = tl.load(tot_ptr + _total_offset(d, b, c, h, NB, NC, H)).to(ACC)
         state_off = _state_offset(d, b, c, h, NB, NC, H, BN, BP) + ns[:, None] * BP + ps[None, :]
-        entering = tl.load(S_ptr + state_off)
-        dS = tl.load(dS_ptr + state_off)
+        entering = tl.load(S_ptr + state_off).to(ACC)
+        dS = tl.load(dS_ptr + state_off).to(ACC)
 
         # inside the chunk: M = CB * decay * dt
         inside = (cols < rows) if d == 0 else (cols > rows)

@@ -27,10 +27,16 @@ from . import kernels
 _DOT = {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
+MAX_CHUNK = 64  # past 64 the Q x Q tiles of the backward kernel no longer fit in registers
+NUM_WARPS = 4
+PASS_BLOCK_P = 64  # state columns per program of the carry loops: more programs, each with a short chain
+GRAD_WARPS = 4
+
+
 def block_chunk(chunk_size: int) -> int:
-    """The chunk the kernels use: the largest power of two <= chunk_size, clamped to [16, 64] (tl.dot needs
-    at least 16; past 64 the Q x Q tiles of the backward kernel no longer fit in registers)."""
-    return max(16, min(64, 1 << (max(chunk_size, 1).bit_length() - 1)))
+    """The chunk the kernels use: the largest power of two <= chunk_size, clamped to [16, MAX_CHUNK]
+    (tl.dot needs at least 16)."""
+    return max(16, min(MAX_CHUNK, 1 << (max(chunk_size, 1).bit_length() - 1)))
 
 
 def _pow2(n: int) -> int:
@@ -48,6 +54,10 @@ def _same_strides(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     if all(t.stride() == ts[0].stride() for t in ts):
         return ts
     return tuple(t.contiguous() for t in ts)
+
+
+def _state_dtype(x: torch.Tensor, acc: torch.dtype) -> torch.dtype:
+    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else acc
 
 
 def _sizes(x, B_fwd, q):
@@ -68,28 +78,31 @@ def scan_fwd(x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: torch.Tensor, B_fwd:
     DOT, PREC, ACC = _config(x, acc)
     B_fwd, C_fwd, B_bwd, C_bwd = _same_strides(B_fwd, C_fwd, B_bwd, C_bwd)
     dt_fwd, dt_bwd = _same_strides(dt_fwd, dt_bwd)
-    states = torch.empty(2, b, nc, h, bn, bp, device=x.device, dtype=acc)
+    # the states in 16 bits for 16-bit inputs: they are the largest tensors the kernels move
+    states = torch.empty(2, b, nc, h, bn, bp, device=x.device, dtype=_state_dtype(x, acc))
     y = torch.empty(b, l, h, p, device=x.device, dtype=x.dtype)
     sB, sdt = B_fwd.stride(), dt_fwd.stride()
     grid = (nc, b * h)
     kernels.chunk_states[grid](x, B_fwd, B_bwd, dt_fwd, dt_bwd, decays, totals, states,
                                b, l, h, g, n, p, nc, lc, *x.stride(), *sB, *sdt,
-                               Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC)
+                               Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC, num_warps=NUM_WARPS)
     si = (0,) * 5 if init is None else init.stride()
-    kernels.pass_states[(b * h, 2)](states, totals, init if init is not None else states, b, h, n, p, nc, *si,
-                                    HAS_INIT=init is not None, BN=bn, BP=bp, ACC=ACC)
+    block_p = min(PASS_BLOCK_P, bp)
+    kernels.pass_states[(b * h, 2, bp // block_p)](states, totals, init if init is not None else states, b, h, n, p,
+                                                   nc, *si, HAS_INIT=init is not None, BN=bn, BP=bp,
+                                                   BLOCK_P=block_p, ACC=ACC)
     sD = (0, 0, 0) if D is None else D.stride()
     kernels.outputs[grid](x, B_fwd, C_fwd, B_bwd, C_bwd, dt_fwd, dt_bwd, decays, states,
                           D if D is not None else x, y, b, l, h, g, n, p, nc, lc,
                           *x.stride(), *sB, *sdt, *sD, *y.stride(),
-                          HAS_D=D is not None, Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC)
+                          HAS_D=D is not None, Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC, num_warps=NUM_WARPS)
     return y, states
 
 
 @scan_fwd.register_fake
 def _(x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, decays, totals, D, init, chunk):
     b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
-    return x.new_empty(b, l, h, p), decays.new_empty(2, b, nc, h, _pow2(n), _pow2(p))
+    return x.new_empty(b, l, h, p), decays.new_empty(2, b, nc, h, _pow2(n), _pow2(p), dtype=_state_dtype(x, decays.dtype))
 
 
 @torch.library.custom_op("hydra_ssm::scan_bwd", mutates_args=())
@@ -112,13 +125,16 @@ def scan_bwd(dy: torch.Tensor, x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: to
     grid = (nc, b * h)
     dS = torch.empty_like(states)
     kernels.readout_grads[grid](dy, C_fwd, C_bwd, decays, dS, b, l, h, g, n, p, nc, lc, *dy.stride(), *sB,
-                                Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC)
-    dtot_carry = torch.empty(2, b, nc, h, **new)
+                                Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC, num_warps=NUM_WARPS)
+    block_p = min(PASS_BLOCK_P, bp)
+    dtot_carry = torch.empty(bp // block_p, 2, b, nc, h, **new)
     dinit = torch.empty(2, b, h, p, n, **new)
-    kernels.pass_state_grads[(b * h, 2)](dS, states, totals, dtot_carry, dinit, b, h, n, p, nc,
-                                         BN=bn, BP=bp, ACC=ACC)
+    kernels.pass_state_grads[(b * h, 2, bp // block_p)](dS, states, totals, dtot_carry, dinit, b, h, n, p, nc,
+                                                        BN=bn, BP=bp, BLOCK_P=block_p, ACC=ACC)
     dx = torch.empty(b, l, h, p, **new)
-    dBC = torch.zeros(4, b, l, h, bn, **new)  # rows no chunk writes (C's first / last row) stay 0
+    dBC = torch.empty(4, b, l, h, bn, **new)
+    dBC[1, :, l - 1] = 0  # the rows of C no output reads: C_fwd's last, C_bwd's first
+    dBC[3, :, 0] = 0
     ddt = torch.empty(2, b, l, h, **new)
     ddec = torch.empty(4, b, lc, h, **new)
     dtot = torch.empty(2, b, nc, h, **new)
@@ -127,10 +143,11 @@ def scan_bwd(dy: torch.Tensor, x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: to
     kernels.chunk_grads[grid](x, dy, B_fwd, C_fwd, B_bwd, C_bwd, dt_fwd, dt_bwd, decays, totals, states, dS,
                               D if D is not None else x, dx, dBC, ddt, ddec, dtot, dD,
                               b, l, h, g, n, p, nc, lc, *x.stride(), *dy.stride(), *sB, *sdt, *sD, *dx.stride(),
-                              HAS_D=D is not None, Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC)
+                              HAS_D=D is not None, Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC,
+                              num_warps=GRAD_WARPS)
     # per-head gradients of the group tensors: summed over the heads of each group
     dBC = dBC[..., :n].view(4, b, l, g, h // g, n).sum(4)
-    return dx, dBC, ddt, ddec, dtot + dtot_carry, dD, dinit
+    return dx, dBC, ddt, ddec, dtot + dtot_carry.sum(0), dD, dinit
 
 
 @scan_bwd.register_fake
