@@ -137,6 +137,45 @@ def test_environment_sets_the_default_in_a_fresh_process():
     assert out["0"][0].split() == ["False", "False", "False"]
 
 
+def tiny_model(**kw):
+    pytest.importorskip("transformers")
+    from hydra_ssm.models import HydraConfig, HydraModel
+
+    config = HydraConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, d_state=4, headdim=8, chunk_size=4,
+                         max_position_embeddings=8, matrix_mixer_type="hydra", hidden_dropout_prob=0.0, **kw)
+    torch.manual_seed(0)
+    return HydraModel(config).eval()
+
+
+def test_model_value_checks_follow_the_mode():
+    model, ids = tiny_model(), torch.randint(1, 20, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"input_ids must be in \[0, 20\)"):
+        model(ids + 20)
+    with pytest.raises(ValueError, match="must contain only 0 and 1"):
+        model(ids, attention_mask=2 * mask)
+    with validation(False):  # not looked at: any nonzero counts as a valid token
+        assert model(ids, attention_mask=2 * mask).last_hidden_state.isfinite().all()
+
+
+def test_model_position_range_is_a_shape_check_without_a_mask():
+    model = tiny_model(use_position_embeddings=True)
+    with validation(False), pytest.raises(ValueError, match="max_position_embeddings=8"):
+        model(torch.randint(1, 20, (1, 9)))
+
+
+def test_model_keeps_an_unread_mask():
+    from hydra_ssm.models.modeling_hydra import _padding_mask
+
+    ones = torch.ones(2, 5, dtype=torch.bool)
+    assert _padding_mask(ones) is None  # a CPU mask is read: all ones is no mask
+    meta = ones.to("meta")
+    assert _padding_mask(meta) is meta  # elsewhere kept unread (the mixers give the same outputs)
+    model, ids = tiny_model(), torch.randint(1, 20, (2, 6))
+    assert torch.equal(model(ids).last_hidden_state,
+                       model(ids, attention_mask=torch.ones(2, 6, dtype=torch.long)).last_hidden_state)
+
+
 # ------------------------------------------------------------------ CUDA: no host synchronisation
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

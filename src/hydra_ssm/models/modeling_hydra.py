@@ -570,7 +570,8 @@ class HydraModel(HydraPreTrainedModel):
                        max_length_k=max_length_k, seq_idx=seq_idx)
         mask, offsets = self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                            packing)
-        mask = _padding_mask(mask, must_read=context_parallel_group is not None)
+        # a packed row has no padding (checked): its mask, if any, is all ones
+        mask = None if offsets is not None else _padding_mask(mask, must_read=context_parallel_group is not None)
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         cu_seqlens = None if offsets is None else torch.tensor(offsets, dtype=torch.int32, device=device)
         if cu_seqlens is not None and self.embeddings.position_embeddings is None:
