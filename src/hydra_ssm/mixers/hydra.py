@@ -12,7 +12,7 @@ from einops import rearrange
 from torch import nn
 
 from .._checks import (check_bool, check_choice, check_float_dtype, check_number, check_positive_ints,
-                       check_sequence_input, exporting, tracing)
+                       check_sequence_input, exporting, tracing, value_checks_enabled)
 from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_minimal, quasiseparable_two_pass
 from ..ops.boundary import EnteringStates, SegmentSummary, entering_state_readout, entering_states, segment_summary
 from ..ops._layout import PackedLayout
@@ -374,10 +374,11 @@ class Hydra(SequenceMixer):
             rows of u before ``start`` that its window reads (at most ``halo``)."""
             stop = min(start + segment_len, length)
             lo, hi = max(0, start - self.halo), min(length, stop + self.halo)
-            if rows_before is None:  # the first pass, which reads every row of u and checks it
-                rows = u[:, lo:hi].to(weight.device)
-                if not bool(torch.isfinite(rows).all()):
+            if rows_before is None:  # the first pass, which reads every row of u and checks it where u lives
+                window = u[:, lo:hi]
+                if value_checks_enabled(window) and not bool(torch.isfinite(window).all()):
                     raise ValueError(f"u contains NaN or infinite values (positions {lo} to {hi - 1})")
+                rows = window.to(weight.device)
             else:
                 rows = torch.cat([rows_before, u[:, start:hi].to(weight.device)], 1)
             seg = self.segment(rows if prepare is None else prepare(rows), start - lo, hi - stop)

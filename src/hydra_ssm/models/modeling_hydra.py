@@ -42,7 +42,8 @@ from transformers.modeling_outputs import (
 )
 from transformers.utils import logging
 
-from .._checks import check_index_range, check_index_tensor, check_mask, check_sequence_input, tracing
+from .._checks import (check_index_range, check_index_tensor, check_mask, check_sequence_input, reads_without_sync,
+                       tracing, value_checks_enabled)
 from ..mixers import build_mixer
 from ..ops._shapes import check_cu_seqlens
 from ..mixers.context_parallel import check_group, shard_layout
@@ -59,12 +60,17 @@ except ImportError:  # pragma: no cover - transformers 4.x
 _TRANSFORMERS_V5 = int(__import__("transformers").__version__.split(".")[0]) >= 5
 
 
-def _padding_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+def _padding_mask(mask: torch.Tensor | None, must_read: bool = False) -> torch.Tensor | None:
     """A checked (B, L) bool mask, or None when every token is valid (the mixers' fast path).
 
-    While a graph is traced (torch.export, ONNX) the mask is always kept: whether it
-    is all ones is a property of the data, not of the graph."""
-    return mask if mask is not None and (tracing() or not bool(mask.all())) else None
+    Whether the mask is all ones is read only where that costs no device synchronisation (a CPU
+    mask), or where the answer is needed (``must_read``: context parallelism refuses padding).
+    Elsewhere the mask is kept: on a GPU, and while a graph is traced (torch.export, ONNX), where
+    it is a property of the data, not of the graph. The mixers give the same outputs with an
+    all-ones mask as without one."""
+    if mask is None or not (reads_without_sync(mask) or (must_read and not tracing())):
+        return mask
+    return None if bool(mask.all()) else mask
 
 
 def _offsets_from_starts(starts: torch.Tensor, total: int) -> list[int]:
@@ -227,13 +233,19 @@ class HydraEmbeddings(nn.Module):
                 token_type_ids = torch.zeros(batch, seqlen, dtype=torch.long, device=embeddings.device)
             embeddings = embeddings + self.token_type_embeddings(token_type_ids)
         if self.position_embeddings is not None:
-            if position_ids is None:
-                if mask is None:
-                    position_ids = torch.arange(seqlen, device=embeddings.device).expand(batch, seqlen)
-                else:  # count valid tokens only, so left padding does not shift the positions
-                    position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
-            if not tracing() and int(position_ids.max()) >= self.position_embeddings.num_embeddings:
-                raise ValueError(f"sequence longer than max_position_embeddings={self.position_embeddings.num_embeddings}")
+            table = self.position_embeddings.num_embeddings
+            counted = position_ids is None
+            if counted and mask is None:
+                position_ids = torch.arange(seqlen, device=embeddings.device).expand(batch, seqlen)
+            elif counted:  # count valid tokens only, so left padding does not shift the positions
+                position_ids = (mask.long().cumsum(1) - 1).clamp(min=0)
+            if counted and mask is None:  # the largest position is seqlen - 1: a shape check
+                too_long = not tracing() and seqlen > table
+            else:  # counted ones are below seqlen: their values matter only for a longer sequence
+                too_long = ((not counted or seqlen > table) and value_checks_enabled(position_ids)
+                            and int(position_ids.max()) >= table)
+            if too_long:
+                raise ValueError(f"sequence longer than max_position_embeddings={table}")
             embeddings = embeddings + self.position_embeddings(position_ids)
         return self.dropout(self.LayerNorm(embeddings))
 
@@ -456,8 +468,9 @@ class HydraModel(HydraPreTrainedModel):
     def _check_inputs(self, input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds, packing=None):
         """ValueErrors naming the argument, before any computation; returns the attention mask as a bool
         tensor on the inputs' device (or None) and the offsets of a packed row (a list, or None; see
-        :func:`packed_offsets`, given the ``packing`` arguments). The range checks read the values (a
-        host sync) and are skipped while compiling or exporting.
+        :func:`packed_offsets`, given the ``packing`` arguments). The checks of values (ranges, a mask of
+        0/1) read them on the host: they run as ``value_checks_enabled`` says (by default for CPU tensors
+        only; never while compiling or exporting).
 
         token_type_ids with ``type_vocab_size=0`` are accepted when all zero (what tokenizers
         send for a single segment, and the same as none) and refused otherwise."""
@@ -480,7 +493,7 @@ class HydraModel(HydraPreTrainedModel):
             check_index_tensor("token_type_ids", token_type_ids, shape)
             types = self.embeddings.token_type_embeddings
             if types is None:
-                if not tracing() and bool(token_type_ids.ne(0).any()):
+                if value_checks_enabled(token_type_ids) and bool(token_type_ids.ne(0).any()):
                     raise ValueError("token_type_ids were given but the model has no token type embeddings "
                                      "(type_vocab_size=0): pass none (or all zeros), or use a config with type_vocab_size > 0")
             else:
@@ -491,8 +504,10 @@ class HydraModel(HydraPreTrainedModel):
                 got = tuple(position_ids.shape) if isinstance(position_ids, torch.Tensor) else type(position_ids).__name__
                 raise ValueError(f"position_ids must have shape {allowed[0]}, {allowed[1]} or {allowed[2]}, got {got}")
             check_index_tensor("position_ids", position_ids.reshape(-1, shape[1]))
-        # a mask with padding: position_ids are positions (they repeat 0 on left padding), not sequence starts
-        padded = mask is not None and not tracing() and not bool(mask.all())
+        # a mask with padding: position_ids are positions (they repeat 0 on left padding), not sequence starts.
+        # Read (a host sync) only where a packed row is possible: one row with position_ids, or packing arguments
+        may_pack = (position_ids is not None and shape[0] == 1) or any(v is not None for v in (packing or {}).values())
+        padded = may_pack and mask is not None and not tracing() and not bool(mask.all())
         offsets = packed_offsets(shape, None if padded else position_ids, **(packing or {}))
         if offsets is not None and padded:
             raise ValueError("attention_mask marks padding but the batch is packed (cu_seq_lens_q / seq_idx): a "
@@ -555,7 +570,8 @@ class HydraModel(HydraPreTrainedModel):
                        max_length_k=max_length_k, seq_idx=seq_idx)
         mask, offsets = self._check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds,
                                            packing)
-        mask = _padding_mask(mask)
+        # a packed row has no padding (checked): its mask, if any, is all ones
+        mask = None if offsets is not None else _padding_mask(mask, must_read=context_parallel_group is not None)
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         cu_seqlens = None if offsets is None else torch.tensor(offsets, dtype=torch.int32, device=device)
         if cu_seqlens is not None and self.embeddings.position_embeddings is None:

@@ -50,7 +50,13 @@ checked before any computation (details in ``_shapes``):
   The causal SSD's final states are then one per sequence, (n, H, P, N);
 * NaN and inf are not looked for: they propagate. The ops are pure functions and
   a check would cost a pass and a host synchronisation per call; the layers in
-  ``hydra_ssm.mixers`` check what they are given.
+  ``hydra_ssm.mixers`` check what they are given;
+* the checks that read values (``dt >= 0`` here, a finite input and a mask of
+  0/1 in the layers) synchronise a GPU with the host, so by default they run on
+  CPU tensors only: ``hydra_ssm.set_validation(True)`` (``with
+  hydra_ssm.validation(True):``, or the environment variable
+  ``HYDRA_SSM_VALIDATE=1``) runs them on every device, ``set_validation(False)``
+  nowhere. None runs while a graph is traced.
 """
 
 from .reference import (

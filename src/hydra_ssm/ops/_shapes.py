@@ -12,8 +12,10 @@ computation:
 * devices: every tensor on x's device (``ValueError``);
 * step sizes: ``dt`` (``dt_fwd``, ``dt_bwd``) must be >= 0 (``ValueError``):
   dt = 0 means "skip this position" and is exact, gradients included. Checking
-  costs one host synchronisation per call; it is skipped while compiling,
-  exporting or tracing (the values are not known then);
+  costs one host synchronisation per call, so it is a value check: by default
+  on CPU tensors only, on other devices when asked for
+  (``hydra_ssm.set_validation(True)``), never while compiling, exporting or
+  tracing (the values are not known then);
 * empty inputs: batch 0 or length 0 give an empty output of the right shape, and
   gradients (zeros, of every input's shape);
 * packed batches (``cu_seqlens``, :func:`check_cu_seqlens`): a 1-D integer
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import tracing
+from .._checks import tracing, value_checks_enabled
 
 
 def check_tensor(t, name: str, device: torch.device | None = None) -> None:
@@ -75,14 +77,16 @@ def check_ssm_args(x, dt, A, B, C, *, suffix: str = "") -> tuple[int, int, int, 
 
 
 def check_step_sizes(**dts: torch.Tensor) -> None:
-    """Every dt >= 0, with one host synchronisation for all of them (none while tracing).
+    """Every dt >= 0, with one host synchronisation for all of them; a value check (run as
+    ``value_checks_enabled`` in ``hydra_ssm._checks`` says: by default on CPU tensors only).
 
     NaN is not negative: it passes, like every other NaN (see the module notes).
     """
-    if tracing():
+    checked = {name: t for name, t in dts.items() if value_checks_enabled(t)}
+    if not checked:
         return
-    negative = torch.stack([(t < 0).any() for t in dts.values()]).tolist()
-    for (name, t), bad in zip(dts.items(), negative):
+    negative = torch.stack([(t < 0).any() for t in checked.values()]).tolist()
+    for (name, t), bad in zip(checked.items(), negative):
         if bad:
             raise ValueError(f"{name} must be >= 0 (a step size; 0 skips a position), "
                              f"got a minimum of {float(t.detach().min()):.6g}")

@@ -64,8 +64,9 @@ The callers (``semiseparable.py``, ``quasiseparable.py``) prepare r, k, T with
 
 Host synchronisation: :func:`log_decays` reads the largest decay across a chunk
 of every direction, in one synchronisation, to choose float32 or float64
-log-decays; that and the callers' dt >= 0 check are the scan's only ones (both
-are skipped while compiling).
+log-decays (none for float64 inputs, none while compiling); that and the callers'
+dt >= 0 check are the scan's only ones. The dt check is a value check: by default
+it runs on CPU tensors only (``hydra_ssm.set_validation``).
 """
 
 from __future__ import annotations

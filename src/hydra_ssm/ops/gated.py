@@ -78,8 +78,8 @@ steps and smaller matmuls.
 Arguments are checked before any computation, as for the other scans
 (``_shapes``): shapes (``ValueError`` naming the argument), real floating
 dtypes (``TypeError``; q may be complex only when phase is given),
-log_decay <= 0 (``ValueError``; one host synchronisation, skipped while
-tracing). Floating dtypes may be mixed: the work is done in float64 if any input
+log_decay <= 0 (``ValueError``; one host synchronisation: a value check, by
+default on CPU tensors only, see ``hydra_ssm.set_validation``). Floating dtypes may be mixed: the work is done in float64 if any input
 is float64 (or complex128), else in float32 (complex64 with phase); the output
 has x's dtype. Batch 0 or length 0 give an empty output, with gradients.
 """
@@ -91,7 +91,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .._checks import tracing
+from .._checks import tracing, value_checks_enabled
 from ._layout import check_chunk_size, from_chunks, to_chunks
 from ._shapes import check_D, check_tensor
 from .bidirectional import combine_directions, combine_matrices
@@ -148,11 +148,13 @@ def _check_x(x) -> None:
 
 
 def _check_log_decays(**log_decays: torch.Tensor) -> None:
-    """Every log_decay <= 0, with one host synchronisation for all of them (none while tracing)."""
-    if tracing():
+    """Every log_decay <= 0, with one host synchronisation for all of them; a value check (run as
+    ``value_checks_enabled`` in ``hydra_ssm._checks`` says: by default on CPU tensors only)."""
+    checked = {name: t for name, t in log_decays.items() if value_checks_enabled(t)}
+    if not checked:
         return
-    positive = torch.stack([(t > 0).any() for t in log_decays.values()]).tolist()
-    for (name, t), bad in zip(log_decays.items(), positive):
+    positive = torch.stack([(t > 0).any() for t in checked.values()]).tolist()
+    for (name, t), bad in zip(checked.items(), positive):
         if bad:
             raise ValueError(f"{name} must be <= 0 (the log of a decay magnitude |a| <= 1), "
                              f"got a maximum of {float(t.detach().max()):.6g}")
