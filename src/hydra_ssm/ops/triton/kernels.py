@@ -250,9 +250,11 @@ def chunk_grads(x_ptr, dy_ptr, Bf_ptr, Cf_ptr, Bb_ptr, Cb_ptr, dtf_ptr, dtb_ptr,
                 NB, L, H, G, N, P, NC, LC,
                 sx_b, sx_l, sx_h, sx_p, sy_b, sy_l, sy_h, sy_p, sB_b, sB_l, sB_g, sB_n,
                 sdt_b, sdt_l, sdt_h, sD_b, sD_l, sD_h, sdx_b, sdx_l, sdx_h, sdx_p,
-                HAS_D: tl.constexpr, Q: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, DOT: tl.constexpr,
+                FIRST: tl.constexpr, LAST: tl.constexpr, ADD_DX: tl.constexpr, HAS_D: tl.constexpr, Q: tl.constexpr, BN: tl.constexpr, BP: tl.constexpr, DOT: tl.constexpr,
                 PREC: tl.constexpr, ACC: tl.constexpr):
-    """Every gradient of one chunk of one (batch, head), given dS (``pass_state_grads``).
+    """Every gradient of one chunk of one (batch, head), given dS (``pass_state_grads``), for the directions
+    FIRST .. LAST - 1 (0 forward, 1 backward; one launch for both, or one per direction, which halves the live
+    Q x Q tiles; ADD_DX: add to the dx an earlier launch wrote).
 
     Writes dx (B, L, H, P); per head dB_f, dC_f, dB_b, dC_b into dBC (4, B, L, H, BN) (dC at the rows it
     was read from); d dt as a factor into ddt (2, B, L, H); dr, dk into ddec (4, B, LC, H); the part of dT
@@ -267,8 +269,11 @@ def chunk_grads(x_ptr, dy_ptr, Bf_ptr, Cf_ptr, Bb_ptr, Cb_ptr, dtf_ptr, dtb_ptr,
     x = _rows(x_ptr + b * sx_b + h * sx_h, pos, valid, ps, P, sx_l, sx_p, ACC)
     dy = _rows(dy_ptr + b * sy_b + h * sy_h, pos, valid, ps, P, sy_l, sy_p, ACC)
     dblock = _dot(dy, tl.trans(x), DOT, PREC, ACC)  # dL/dM[i, j] = dy_i . x_j, shared by both triangles
-    dx = tl.zeros((Q, BP), dtype=ACC)
-    for d in tl.static_range(2):
+    if ADD_DX:
+        dx = _rows(dx_ptr + b * sdx_b + h * sdx_h, pos, valid, ps, P, sdx_l, sdx_p, ACC)
+    else:
+        dx = tl.zeros((Q, BP), dtype=ACC)
+    for d in tl.static_range(FIRST, LAST):
         B_ptr = Bf_ptr if d == 0 else Bb_ptr
         C_ptr = Cf_ptr if d == 0 else Cb_ptr
         dt_ptr = dtf_ptr if d == 0 else dtb_ptr

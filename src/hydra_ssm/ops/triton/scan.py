@@ -29,8 +29,11 @@ _DOT = {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl
 
 MAX_CHUNK = 64  # past 64 the Q x Q tiles of the backward kernel no longer fit in registers
 NUM_WARPS = 4
-PASS_BLOCK_P = 64  # state columns per program of the carry loops: more programs, each with a short chain
+PASS_BLOCK_P = 16  # state columns per program of the carry loops (measured on an H100: 16 columns, 1 warp)
+PASS_WARPS = 1
 GRAD_WARPS = 4
+SPLIT_GRADS = True  # chunk_grads launched once per direction
+GRAD_STAGES = 2
 
 
 def block_chunk(chunk_size: int) -> int:
@@ -90,7 +93,7 @@ def scan_fwd(x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: torch.Tensor, B_fwd:
     block_p = min(PASS_BLOCK_P, bp)
     kernels.pass_states[(b * h, 2, bp // block_p)](states, totals, init if init is not None else states, b, h, n, p,
                                                    nc, *si, HAS_INIT=init is not None, BN=bn, BP=bp,
-                                                   BLOCK_P=block_p, ACC=ACC)
+                                                   BLOCK_P=block_p, ACC=ACC, num_warps=PASS_WARPS)
     sD = (0, 0, 0) if D is None else D.stride()
     kernels.outputs[grid](x, B_fwd, C_fwd, B_bwd, C_bwd, dt_fwd, dt_bwd, decays, states,
                           D if D is not None else x, y, b, l, h, g, n, p, nc, lc,
@@ -130,7 +133,8 @@ def scan_bwd(dy: torch.Tensor, x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: to
     dtot_carry = torch.empty(bp // block_p, 2, b, nc, h, **new)
     dinit = torch.empty(2, b, h, p, n, **new)
     kernels.pass_state_grads[(b * h, 2, bp // block_p)](dS, states, totals, dtot_carry, dinit, b, h, n, p, nc,
-                                                        BN=bn, BP=bp, BLOCK_P=block_p, ACC=ACC)
+                                                        BN=bn, BP=bp, BLOCK_P=block_p, ACC=ACC,
+                                                        num_warps=PASS_WARPS)
     dx = torch.empty(b, l, h, p, **new)
     dBC = torch.empty(4, b, l, h, bn, **new)
     dBC[1, :, l - 1] = 0  # the rows of C no output reads: C_fwd's last, C_bwd's first
@@ -140,11 +144,14 @@ def scan_bwd(dy: torch.Tensor, x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: to
     dtot = torch.empty(2, b, nc, h, **new)
     dD = torch.empty(b, l, h, **new) if D is not None else x.new_empty(0, dtype=acc)
     sD = (0, 0, 0) if D is None else D.stride()
-    kernels.chunk_grads[grid](x, dy, B_fwd, C_fwd, B_bwd, C_bwd, dt_fwd, dt_bwd, decays, totals, states, dS,
-                              D if D is not None else x, dx, dBC, ddt, ddec, dtot, dD,
-                              b, l, h, g, n, p, nc, lc, *x.stride(), *dy.stride(), *sB, *sdt, *sD, *dx.stride(),
-                              HAS_D=D is not None, Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC,
-                              num_warps=GRAD_WARPS)
+    launches = [(0, 2)] if not SPLIT_GRADS else [(0, 1), (1, 2)]
+    for first, last in launches:
+        kernels.chunk_grads[grid](x, dy, B_fwd, C_fwd, B_bwd, C_bwd, dt_fwd, dt_bwd, decays, totals, states, dS,
+                                  D if D is not None else x, dx, dBC, ddt, ddec, dtot, dD,
+                                  b, l, h, g, n, p, nc, lc, *x.stride(), *dy.stride(), *sB, *sdt, *sD, *dx.stride(),
+                                  FIRST=first, LAST=last, ADD_DX=first > 0, HAS_D=D is not None and first == 0,
+                                  Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC, num_warps=GRAD_WARPS,
+                                  num_stages=GRAD_STAGES)
     # per-head gradients of the group tensors: summed over the heads of each group
     dBC = dBC[..., :n].view(4, b, l, g, h // g, n).sum(4)
     return dx, dBC, ddt, ddec, dtot + dtot_carry.sum(0), dD, dinit
