@@ -162,8 +162,8 @@ def _conv_silu_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     dpre = torch.empty((batch, length, channels), dtype=cdt, device=x.device)
     _conv_silu_bwd_pre_kernel[grid](
         x, weight, weight if bias is None else bias.contiguous(), dout, dpre, length, channels, *x.stride(),
-        weight.stride(0), weight.stride(2), *dout.stride(), HAS_BIAS=bias is not None, K=ksize, COMPUTE=tl_compute_dtype(cdt),
-        BLOCK_L=block_l, BLOCK_C=block_c)
+        weight.stride(0), weight.stride(2), *dout.stride(), HAS_BIAS=bias is not None, K=ksize,
+        COMPUTE=tl_compute_dtype(cdt), BLOCK_L=block_l, BLOCK_C=block_c)
     parts = grid[0] * batch
     dw_part = torch.empty((parts, ksize, channels), dtype=cdt, device=x.device)
     db_part = torch.empty((parts, channels), dtype=cdt, device=x.device)
