@@ -183,15 +183,13 @@ def _(dout, x, weight, bias):
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, bias = inputs
-    ctx.has_bias = bias is not None
-    ctx.save_for_backward(x, weight, bias)
+    ctx.save_for_backward(*inputs)
 
 
 def _backward(ctx, dout):
     x, weight, bias = ctx.saved_tensors
-    dx, dweight, dbias = _conv_silu_bwd(dout, x, weight, bias if ctx.has_bias else None)
-    return dx, dweight, (dbias if ctx.has_bias else None)
+    dx, dweight, dbias = _conv_silu_bwd(dout, x, weight, bias)
+    return dx, dweight, (None if bias is None else dbias)
 
 
 _conv_silu_fwd.register_autograd(_backward, setup_context=_setup_context)

@@ -134,15 +134,14 @@ def _(dout, x, z, weight, rstd):
 
 def _setup_context(ctx, inputs, output):
     x, z, weight, eps = inputs
-    ctx.has_z = z is not None
     ctx.save_for_backward(x, z, weight, output[1])
     ctx.mark_non_differentiable(output[1])
 
 
 def _backward(ctx, dout, drstd):
     x, z, weight, rstd = ctx.saved_tensors
-    dx, dz, dweight = _gated_rms_norm_bwd(dout, x, z if ctx.has_z else None, weight, rstd)
-    return dx, (dz if ctx.has_z else None), dweight, None
+    dx, dz, dweight = _gated_rms_norm_bwd(dout, x, z, weight, rstd)
+    return dx, (None if z is None else dz), dweight, None
 
 
 _gated_rms_norm_fwd.register_autograd(_backward, setup_context=_setup_context)
