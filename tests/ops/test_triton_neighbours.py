@@ -26,11 +26,11 @@ from test_ops import close_scaled, gradients  # noqa: E402
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Relative tolerance of each input dtype against the float64 reference: float64 and float32 are computed in
 # their own precision; the half types are computed in float32 and rounded once (about one ulp, two allowed).
-TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
-# (dtype, with the optional input): every dtype, and both ways in float64 (the interpreter is slow)
+TOL = {torch.float64: 1e-12, torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 8e-3}
+# (dtype, with the optional input): every dtype, and both ways in float64 (the interpreter is slow). bf16 runs
+# in the interpreter too: these kernels have no tl.dot (which the interpreter gets wrong in bf16).
 DTYPE_CASES = [(torch.float64, True), (torch.float64, False), (torch.float32, False), (torch.float16, True),
-               pytest.param(torch.bfloat16, True, marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                                           reason="bf16 is checked on CUDA only"))]
+               (torch.bfloat16, True)]
 
 
 def rand(gen, *shape, dtype, scale=1.0):
@@ -232,6 +232,18 @@ def test_compiled_kernels_refuse_cpu_tensors():
     kernel = triton.runtime.jit.JITFunction(_compiled_kernel_stand_in)
     with pytest.raises(ValueError, match="xBC must be a CUDA tensor.*TRITON_INTERPRET=1"):
         check_kernel_device(kernel, "xBC", torch.zeros(1))
+
+
+def test_mixed_dtypes_keep_each_inputs_dtype():
+    """Half-precision activations with float32 parameters (a layer under autocast): outputs in the activations'
+    dtype, each gradient in its input's dtype."""
+    x, z, _ = norm_inputs((3, 6), True, torch.bfloat16)
+    weight = norm_inputs((6,), False, torch.float32, seed=4)[0]
+    check_against_reference(lambda x, z, w: gated_rms_norm_triton(x, z, w, 1e-5),
+                            lambda x, z, w: gated_rms_norm_ref(x, z, w, 1e-5), [x, z, weight], torch.bfloat16)
+    x = conv_inputs(2, 5, 3, 3, False, torch.float16)[0]
+    _, weight, bias = conv_inputs(2, 5, 3, 3, True, torch.float32)
+    check_against_reference(depthwise_conv_silu_triton, conv_ref, [x, weight, bias], torch.float16)
 
 
 # ---------------------------------------------------------------- torch.compile
