@@ -74,6 +74,11 @@ def _gated_rms_norm_bwd_kernel(X, Z, W, RSTD, DOUT, DX, DZ, DW_PART, stride_x, s
     tl.store(DW_PART + pid.to(tl.int64) * d + cols, dw, mask=cols < d)
 
 
+def _row_warps(d: int) -> int:
+    """Warps of a program that holds one row of width d: about 256 columns per warp, 1 to 8."""
+    return min(max(triton.next_power_of_2(d) // 256, 1), 8)
+
+
 def _unit_stride(t: torch.Tensor) -> torch.Tensor:
     """(rows, d) with unit stride along d (a copy only if needed); rows may be any stride apart."""
     return t if t.stride(-1) == 1 or t.shape[-1] <= 1 else t.contiguous()
@@ -93,14 +98,15 @@ def _gated_rms_norm_fwd(x: torch.Tensor, z: torch.Tensor | None, weight: torch.T
     z = None if z is None else _unit_stride(z)
     _gated_rms_norm_fwd_kernel[(rows,)](
         x, x if z is None else z, weight.contiguous(), out, rstd, x.stride(0), 0 if z is None else z.stride(0),
-        out.stride(0), d, eps, HAS_Z=z is not None, COMPUTE=tl_compute_dtype(cdt), BLOCK=triton.next_power_of_2(d))
+        out.stride(0), d, eps, HAS_Z=z is not None, COMPUTE=tl_compute_dtype(cdt), BLOCK=triton.next_power_of_2(d),
+        num_warps=_row_warps(d))
     return out, rstd
 
 
 @_gated_rms_norm_fwd.register_fake
 def _(x, z, weight, eps):
-    return torch.empty_like(x, memory_format=torch.contiguous_format), \
-        x.new_empty((x.shape[0],), dtype=compute_dtype(x, z, weight))
+    return (torch.empty_like(x, memory_format=torch.contiguous_format),
+            x.new_empty((x.shape[0],), dtype=compute_dtype(x, z, weight)))
 
 
 @torch.library.custom_op("hydra_ssm::gated_rms_norm_bwd", mutates_args=())
@@ -122,7 +128,7 @@ def _gated_rms_norm_bwd(dout: torch.Tensor, x: torch.Tensor, z: torch.Tensor | N
         x, x if z is None else z, weight.contiguous(), rstd, dout, dx, dx if z is None else dz, dw_part,
         x.stride(0), 0 if z is None else z.stride(0), dout.stride(0), dx.stride(0), 0 if z is None else dz.stride(0),
         rows, d, ROWS_PER_PROGRAM=rows_per_program, HAS_Z=z is not None, COMPUTE=tl_compute_dtype(rstd.dtype),
-        BLOCK=triton.next_power_of_2(d))
+        BLOCK=triton.next_power_of_2(d), num_warps=_row_warps(d))
     return dx, dz, dw_part.sum(0).to(weight.dtype)
 
 
