@@ -170,7 +170,8 @@ def _conv_silu_bwd(dout: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
     _conv_silu_bwd_kernel[grid](
         x, weight, dpre, dx, dw_part, db_part, length, channels, grid[0], *x.stride(), weight.stride(0),
         weight.stride(2), K=ksize, COMPUTE=tl_compute_dtype(cdt), BLOCK_L=block_l, BLOCK_C=block_c)
-    dweight = dw_part.sum(0).transpose(0, 1).unsqueeze(1).to(weight.dtype)  # (K, C) -> (C, 1, K)
+    # (K, C) -> (C, 1, K), contiguous like the fake's
+    dweight = dw_part.sum(0).transpose(0, 1).contiguous().view(channels, 1, ksize).to(weight.dtype)
     return dx, dweight, db_part.sum(0).to(bias_dtype)
 
 
