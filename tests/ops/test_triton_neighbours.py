@@ -207,6 +207,15 @@ def test_conv_silu_reads_a_slice_of_the_projection_like_the_layer():
         close_scaled(grad, ref_grad, TOL[torch.float64])
 
 
+def test_conv_silu_reads_channels_first_storage():
+    """xBC a (B, L, C) view of (B, C, L) storage (channels not adjacent) gives the same as its copy."""
+    gen = torch.Generator().manual_seed(5)
+    storage = rand(gen, 2, 4, 6, dtype=torch.float64)
+    _, weight, bias = conv_inputs(2, 6, 4, 5, True, torch.float64)
+    check_against_reference(lambda x, w, b: depthwise_conv_silu_triton(x.transpose(1, 2), w, b),
+                            lambda x, w, b: conv_ref(x.transpose(1, 2), w, b), [storage, weight, bias], torch.float64)
+
+
 @pytest.mark.parametrize("call, error, match", [
     (lambda x, w, b: depthwise_conv_silu_triton(x[0], w, b), ValueError, r"xBC must have shape \(batch, seqlen"),
     (lambda x, w, b: depthwise_conv_silu_triton(x, w[:4], b), ValueError, r"weight must have shape \(channels, 1"),
