@@ -39,6 +39,7 @@ def rand(gen, *shape, dtype, scale=1.0):
 
 
 def leaves(*tensors):
+    """Fresh leaves requiring grad, the None inputs left out."""
     return [t.detach().clone().requires_grad_() for t in tensors if t is not None]
 
 
