@@ -5,15 +5,16 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from triton.runtime.jit import JITFunction
+
+from . import interpreting
 
 
-def check_kernel_device(kernel, name: str, t: torch.Tensor) -> None:
+def check_kernel_device(name: str, t: torch.Tensor) -> None:
     """Compiled Triton kernels run on CUDA tensors only; the interpreter (``TRITON_INTERPRET=1`` set before
-    the kernels were defined, i.e. before this package is imported) runs them on CPU tensors."""
-    if isinstance(kernel, JITFunction) and t.device.type != "cuda":
-        raise ValueError(f"{name} must be a CUDA tensor for the Triton kernels, got one on {t.device} "
-                         "(set TRITON_INTERPRET=1 before importing hydra_ssm.ops.triton to run them on CPU tensors)")
+    the kernels are first imported) runs them on CPU tensors."""
+    if not t.is_cuda and not interpreting():
+        raise ValueError(f"{name} must be a CUDA tensor for the Triton kernels, got one on {t.device} (set "
+                         "TRITON_INTERPRET=1 before the kernels are first imported to run them on CPU tensors)")
 
 
 def tl_compute_dtype(dtype: torch.dtype):

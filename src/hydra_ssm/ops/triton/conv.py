@@ -221,5 +221,5 @@ def depthwise_conv_silu_triton(xBC: torch.Tensor, weight: torch.Tensor,
                          f"got {weight.shape[2]}")
     if bias is not None and bias.shape != (channels,):
         raise ValueError(f"bias must have shape (channels,) = {(channels,)} (or be None), got {tuple(bias.shape)}")
-    check_kernel_device(_conv_silu_fwd_kernel, "xBC", xBC)
+    check_kernel_device("xBC", xBC)
     return _conv_silu_fwd(xBC, weight, bias)

@@ -176,6 +176,6 @@ def gated_rms_norm_triton(x: torch.Tensor, z: torch.Tensor | None, weight: torch
         raise ValueError(f"z must have x's shape {tuple(x.shape)} (or be None), got {tuple(z.shape)}")
     if weight.shape != (d,):
         raise ValueError(f"weight must have shape (d,) = {(d,)}, got {tuple(weight.shape)}")
-    check_kernel_device(_gated_rms_norm_fwd_kernel, "x", x)
+    check_kernel_device("x", x)
     out, _ = _gated_rms_norm_fwd(x.reshape(-1, d), None if z is None else z.reshape(-1, d), weight, float(eps))
     return out.reshape(x.shape)
