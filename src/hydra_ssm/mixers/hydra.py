@@ -16,6 +16,7 @@ from .._checks import (check_bool, check_choice, check_float_dtype, check_number
 from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_minimal, quasiseparable_two_pass
 from ..ops.boundary import EnteringStates, SegmentSummary, entering_state_readout, entering_states, segment_summary
 from ..ops._layout import PackedLayout
+from ..ops.quasiseparable import resolve_backend
 from .common import (check_layer_sizes, check_padded_input, decay_rate, dt_bias, in_proj_and_conv, token_diagonal,
                      work_dtype)
 from .context_parallel import check_group, exchange_halo, gather_summaries, shard_layout
@@ -207,10 +208,13 @@ class Hydra(SequenceMixer):
         if mask is not None:
             xBC = xBC * mask[..., None].to(xBC.dtype)  # padding acts as the conv's zero padding
         if packed is not None:
-            xBC = packed.gather(self.conv1d(packed.scatter(xBC).transpose(1, 2)).transpose(1, 2))
+            xBC = F.silu(packed.gather(self.conv1d(packed.scatter(xBC).transpose(1, 2)).transpose(1, 2)))
+        elif self._fused_neighbours(u):  # conv + SiLU in one Triton kernel, channels last
+            from ..ops.triton import depthwise_conv_silu_triton
+
+            xBC = depthwise_conv_silu_triton(xBC, self.conv1d.weight, self.conv1d.bias)
         else:
-            xBC = self.conv1d(xBC.transpose(1, 2)).transpose(1, 2)
-        xBC = F.silu(xBC)
+            xBC = F.silu(self.conv1d(xBC.transpose(1, 2)).transpose(1, 2))
         x, B_f, C_f, B_b, C_b = torch.split(xBC, [self.d_inner] + [self.bc_dim] * 4, dim=-1)
         # both directions share dt_bias: (B, L, 2, H)
         cdt = work_dtype(dt.dtype)
@@ -268,7 +272,19 @@ class Hydra(SequenceMixer):
 
     def _output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Gated norm and out_proj of the scan's output y (B, L, H, P) with the gate z: (B, L, d_model)."""
-        return self.out_proj(self.norm(rearrange(y, "b l h p -> b l (h p)"), z))
+        y = rearrange(y, "b l h p -> b l (h p)")
+        if self._fused_neighbours(y):
+            from ..ops.triton import gated_rms_norm_triton
+
+            return self.out_proj(gated_rms_norm_triton(y, z, self.norm.weight, self.norm.eps))
+        return self.out_proj(self.norm(y, z))
+
+    def _fused_neighbours(self, t: torch.Tensor) -> bool:
+        """Whether the scan's neighbours (conv + SiLU, gated norm) run as Triton kernels too: wherever the scan
+        does (``scan_impl`` "triton", or "auto" on CUDA with Triton importable), except while exporting."""
+        if self.scan_impl not in ("auto", "triton") or exporting():
+            return False
+        return resolve_backend("auto" if self.scan_impl == "auto" else "triton", t) == "triton"
 
     # ------------------------------------------------ segments: streaming and context parallelism
     # A sequence cut into segments is computed exactly segment by segment from the states entering each

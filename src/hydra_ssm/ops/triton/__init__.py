@@ -5,8 +5,11 @@ CUDA tensors when Triton can be imported. With the environment variable
 ``TRITON_INTERPRET=1`` set before the first call, Triton's interpreter runs the same
 kernels on CPU tensors (slowly): that is how the tests check them without a GPU.
 
-Layout: ``kernels.py`` (the Triton kernels and the algorithm's notes), ``scan.py`` (the
-launchers, the custom ops ``hydra_ssm::scan_fwd`` / ``scan_bwd`` and their autograd).
+Layout: ``kernels.py`` (the scan's Triton kernels and the algorithm's notes), ``scan.py``
+(its launchers, the custom ops ``hydra_ssm::scan_fwd`` / ``scan_bwd`` and their autograd);
+the scan's neighbours in the Hydra layer, each a custom op with forward and backward
+kernels: ``conv.py`` (the non-causal depthwise conv + SiLU, channels last) and
+``norm.py`` (the gated RMSNorm); ``_launch.py`` what those two share.
 """
 
 from __future__ import annotations
@@ -30,5 +33,19 @@ def interpreting() -> bool:
 def hydra_scan(*args, **kwargs):
     """:func:`hydra_ssm.ops.triton.scan.hydra_scan`, importing Triton on first use."""
     from .scan import hydra_scan as run
+
+    return run(*args, **kwargs)
+
+
+def depthwise_conv_silu_triton(*args, **kwargs):
+    """:func:`hydra_ssm.ops.triton.conv.depthwise_conv_silu_triton`, importing Triton on first use."""
+    from .conv import depthwise_conv_silu_triton as run
+
+    return run(*args, **kwargs)
+
+
+def gated_rms_norm_triton(*args, **kwargs):
+    """:func:`hydra_ssm.ops.triton.norm.gated_rms_norm_triton`, importing Triton on first use."""
+    from .norm import gated_rms_norm_triton as run
 
     return run(*args, **kwargs)
