@@ -30,7 +30,7 @@ from hydra_ssm.ops.triton.scan import block_chunk  # noqa: E402
 from test_ops import DIAGS, STATES, assert_gradients_close, close_scaled, gradient_case, gradients, shapes  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-SHORT = settings(max_examples=8 if DEVICE == "cpu" else 40, deadline=None)
+SHORT = settings(max_examples=8 if DEVICE == "cpu" else 16, deadline=None)
 
 
 def on_device(t, dtype=None):
