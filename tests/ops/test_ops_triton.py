@@ -186,6 +186,10 @@ def test_backend_choice():
     assert resolve_backend("torch", x) == "torch"
     with pytest.raises(ValueError, match="backend must be one of 'auto', 'torch', 'triton', got 'cuda'"):
         resolve_backend("cuda", x)
+    wide = torch.zeros(1, 2, 1, 256)
+    assert resolve_backend("auto", wide) == "torch"
+    with pytest.raises(ValueError, match="headdim and d_state up to 128, got headdim 256 and d_state 4"):
+        resolve_backend("triton", wide, dstate=4)
     with pytest.raises(ValueError, match="does not take packed batches"):
         resolve_backend("triton", x, cu_seqlens=torch.tensor([0, 2]))
     with pytest.raises(ValueError, match="scan_impl must be one of"):

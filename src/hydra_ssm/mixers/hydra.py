@@ -284,7 +284,9 @@ class Hydra(SequenceMixer):
         does (``scan_impl`` "triton", or "auto" on CUDA with Triton importable), except while exporting."""
         if self.scan_impl not in ("auto", "triton") or exporting():
             return False
-        return resolve_backend("auto" if self.scan_impl == "auto" else "triton", t) == "triton"
+        backend = "auto" if self.scan_impl == "auto" else "triton"
+        probe = t.new_empty(0, 0, self.nheads, self.headdim)  # the device and the widths the scan will see
+        return resolve_backend(backend, probe, None, self.d_state) == "triton"
 
     # ------------------------------------------------ segments: streaming and context parallelism
     # A sequence cut into segments is computed exactly segment by segment from the states entering each

@@ -62,19 +62,28 @@ def _add_diag(y, x, D):
 BACKENDS = ("auto", "torch", "triton")
 
 
-def resolve_backend(backend: str, x: torch.Tensor, cu_seqlens=None) -> str:
+# The Triton kernels hold (chunk x d_state) and (d_state x headdim) tiles in registers.
+TRITON_MAX_WIDTH = 128
+
+
+def resolve_backend(backend: str, x: torch.Tensor, cu_seqlens=None, dstate: int = 0) -> str:
     """``"torch"`` or ``"triton"``: what ``backend`` means for inputs like x (see :func:`quasiseparable_chunked`).
 
-    ``"auto"`` is Triton for CUDA tensors when the package can be imported and the batch is not packed, else
-    torch. ``"triton"`` is refused, with the reason, where it cannot run.
+    ``"auto"`` is Triton for CUDA tensors when the package can be imported, the batch is not packed and
+    headdim (x's last size) and ``dstate`` are at most ``TRITON_MAX_WIDTH``, else torch. ``"triton"`` is
+    refused, with the reason, where it cannot run.
     """
     from .triton import interpreting, triton_available
 
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    narrow = max(x.shape[-1], dstate) <= TRITON_MAX_WIDTH
     if backend == "auto":
-        return "triton" if x.is_cuda and cu_seqlens is None and triton_available() else "torch"
+        return "triton" if x.is_cuda and cu_seqlens is None and narrow and triton_available() else "torch"
     if backend == "triton":
+        if not narrow:
+            raise ValueError(f"backend='triton' takes headdim and d_state up to {TRITON_MAX_WIDTH}, got headdim "
+                             f"{x.shape[-1]} and d_state {dstate}: use backend='torch'")
         if not triton_available():
             raise ImportError("backend='triton' needs the triton package: pip install 'hydra-ssm[triton]'")
         if cu_seqlens is not None:
@@ -128,7 +137,7 @@ def quasiseparable_chunked(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=N
                                                          chunk_size, initial_states, cu_seqlens)
     if b == 0 or l == 0:  # nothing to scan; the reference gives the empty output and zero gradients
         return quasiseparable_ref(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, initial_states)
-    if resolve_backend(backend, x, cu_seqlens) == "triton":
+    if resolve_backend(backend, x, cu_seqlens, n) == "triton":
         from .triton import hydra_scan
 
         return hydra_scan(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, chunk_size, (s_fwd, s_bwd))
