@@ -49,6 +49,7 @@ def test_gpu_table_cells_come_from_the_measured_times():
         {"L": 1024, "row": "mamba", "status": "not installed (mamba_ssm)"},
         {"L": 2048, "row": "triton", "status": "OOM"},
         {"L": 2048, "row": "sdpa", "fwd": 0.5, "fwdbwd": 1.5, "fwd_tflops": 1.0, "fwdbwd_tflops": 2.5},
+        {"L": 2048, "row": "eager", "fwd": 0.25, "fwd_tflops": 2.0, "status": "OOM"},
     ]
     lines = gpu_table(results, matmul_tflops=150.0).splitlines()
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in lines[2:]]
@@ -58,6 +59,8 @@ def test_gpu_table_cells_come_from_the_measured_times():
     assert cells[3] == ["2k", "triton", "OOM"] + ["—"] * 7
     # no triton time at 2k: no ratio
     assert cells[4] == ["2k", "sdpa", "500.00", "1500.00", "—", "1.00", "2.50", "2%", "—", "—"]
+    # the forward ran, the forward+backward ran out of memory
+    assert cells[5] == ["2k", "torch eager", "250.00", "OOM", "—", "2.00", "—", "—", "—", "—"]
     assert set(GPU_ROWS) == {"triton", "eager", "compile", "mamba", "fla", "sdpa"}
 
 

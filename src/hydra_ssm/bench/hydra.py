@@ -322,12 +322,14 @@ def build_gpu_row(row: str, inputs: ScanInputs | None, attention, chunk_size: in
         return (lambda: quasiseparable_chunked(*t, chunk_size=chunk_size, **kw)), t
     if row == "compile":
         kw = _scan_backend("torch")
-        torch._dynamo.reset()  # a fresh graph per length: no recompilation limit, no shapes carried over
 
         def scan(*args):
             return quasiseparable_chunked(*args, chunk_size=chunk_size, **kw)
 
-        compiled = torch.compile(scan)
+        # a static graph per length (dynamic shapes compile far slower): reset, or the lengths would share one
+        # cache and reach its recompilation limit; the warm-up runs pay for the compilation
+        torch._dynamo.reset()
+        compiled = torch.compile(scan, dynamic=False)
         return (lambda: compiled(*t)), t
     # the two-pass rows: a causal scan of x and one of the flipped x, shifted and added, + D x (Hydra's form)
     if row == "mamba":
@@ -383,8 +385,11 @@ def measure_gpu_row(row, inputs, attention, args, device) -> dict:
     except RowUnavailable as err:
         result["status"] = str(err)
     except Exception as err:  # noqa: BLE001 - one row's failure is reported in its cells; the table goes on
-        traceback.print_exc(file=sys.stderr)
-        result["status"] = f"failed: {_one_line(err)}"
+        if "out of memory" in str(err).lower():  # an allocation outside torch's allocator (a kernel's workspace)
+            result["status"] = "OOM"
+        else:
+            traceback.print_exc(file=sys.stderr)
+            result["status"] = f"failed: {_one_line(err)}"
     fn = leaves = None  # the closures hold graphs and outputs: free them before the next row
     for t in (inputs.tensors() if inputs is not None else []) + list(attention or []):
         t.grad = None
@@ -395,10 +400,10 @@ def measure_gpu_row(row, inputs, attention, args, device) -> dict:
 
 
 def gpu_rates(r: dict, length: int, args, heads: int) -> None:
-    """Fill in the useful-FLOP rates (TFLOP/s) of one measured row."""
-    if "fwd" not in r:
-        return
+    """Fill in the useful-FLOP rates (TFLOP/s) of what one row measured."""
     for key, backward in (("fwd", False), ("fwdbwd", True)):
+        if key not in r:
+            continue
         if r["row"] == "sdpa":
             flops = attention_flops(args.batch, length, heads, 64, backward)
         else:
@@ -406,26 +411,36 @@ def gpu_rates(r: dict, length: int, args, heads: int) -> None:
         r[f"{key}_tflops"] = flops / r[key] / 1e12
 
 
+def fmt_ms(seconds):
+    return f"{seconds * 1000:.3f}" if seconds < 0.01 else f"{seconds * 1000:.2f}"
+
+
 def fmt_rate(x):
-    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+    return "—" if x is None else f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
 
 
 def gpu_table(results: list[dict], matmul_tflops: float) -> str:
+    """The markdown table of ``results`` (one dict per length and row, as measure_gpu_row gives, with the rates).
+    A row's status (OOM, not installed, failed: ...) fills the first cell it left unmeasured."""
     header = ("| L | row | fwd ms | fwd+bwd ms | peak fwd+bwd | fwd TFLOP/s | fwd+bwd TFLOP/s | fwd+bwd / matmul | "
               "fwd vs triton | fwd+bwd vs triton |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in results:
-        base = next((b for b in results if b["L"] == r["L"] and b["row"] == "triton" and "fwd" in b), None)
-        label = f"{r['L'] // 1024}k" if r["L"] % 1024 == 0 else str(r["L"])
-        if "fwd" not in r:
-            lines.append(f"| {label} | {GPU_ROWS[r['row']]} | {r['status']} |" + " — |" * 7)
-            continue
-        ms = [f"{r[k] * 1000:.3f}" if r[k] < 0.01 else f"{r[k] * 1000:.2f}" for k in ("fwd", "fwdbwd")]
+        base = next((b for b in results if b["L"] == r["L"] and b["row"] == "triton"), {})
+        status = r.get("status")
+        cells = {}
+        for key in ("fwd", "fwdbwd", "peak"):
+            if key in r:
+                cells[key] = fmt_mb(r[key]) if key == "peak" else fmt_ms(r[key])
+            elif status is not None and (key == "fwd" or ("fwd" in r and key == "fwdbwd")
+                                         or ("fwdbwd" in r and key == "peak")):
+                cells[key], status = status, None
         lines.append("| " + " | ".join([
-            label, GPU_ROWS[r["row"]], *ms, fmt_mb(r.get("peak")),
-            fmt_rate(r["fwd_tflops"]), fmt_rate(r["fwdbwd_tflops"]), f"{r['fwdbwd_tflops'] / matmul_tflops:.0%}",
-            "—" if base is None else fmt_ratio(r["fwd"], base["fwd"]),
-            "—" if base is None else fmt_ratio(r["fwdbwd"], base["fwdbwd"]),
+            f"{r['L'] // 1024}k" if r["L"] % 1024 == 0 else str(r["L"]), GPU_ROWS[r["row"]],
+            cells.get("fwd", "—"), cells.get("fwdbwd", "—"), cells.get("peak", "—"),
+            fmt_rate(r.get("fwd_tflops")), fmt_rate(r.get("fwdbwd_tflops")),
+            "—" if "fwdbwd_tflops" not in r else f"{r['fwdbwd_tflops'] / matmul_tflops:.0%}",
+            fmt_ratio(r.get("fwd"), base.get("fwd")), fmt_ratio(r.get("fwdbwd"), base.get("fwdbwd")),
         ]) + " |")
     return "\n".join(lines)
 
@@ -442,14 +457,15 @@ def run_gpu_table(args, device) -> int:
             f"{args.dtype} dense matmul (8192^3, median): {matmul_tflops:.0f} TFLOP/s\n"
             f"setup: batch {args.batch}, {args.dtype}, a Hydra layer of d_model {args.d_model}: H = {heads} heads, "
             f"P = {headdim}, N = {dstate}, G = {ngroups}; chunk {args.chunk_size} (triton, torch), "
-            f"{MAMBA_CHUNK} (mamba_ssm), fla's own; sdpa: (B, {heads}, L, {headdim}), non-causal\n"
+            f"{MAMBA_CHUNK} (mamba_ssm), fla's own; torch compile: static, compiled per length; "
+            f"sdpa: (B, {heads}, L, {headdim}), non-causal\n"
             f"times: median of up to {args.repeats} runs after {args.warmup} warm-up; peak: "
             f"torch.cuda.max_memory_allocated growth over the inputs; TFLOP/s: useful FLOPs "
             f"(hydra_scan_flops, Q = {FLOP_CHUNK}; attention 4 B H L^2 P, x3.5 with backward); "
             f"'vs triton': time / the triton row's time\n")
     print(head, flush=True)
     results = []
-    gave_up = {}  # row -> status of a row that cannot run here: not retried at longer lengths
+    gave_up = {}  # row -> status of a row that cannot run here
     for length in args.lengths:
         inputs = ScanInputs(args.batch, length, heads, headdim, dstate, ngroups, dtype, device)
         attention = None
@@ -465,10 +481,15 @@ def run_gpu_table(args, device) -> int:
             attention = None
             r["L"] = length
             gpu_rates(r, length, args, heads)
-            if "status" in r and r["status"] != "OOM":
-                gave_up[row] = r["status"]
+            status = r.get("status", "OOM")
+            if status != "OOM" and "fwd" not in r:
+                # unavailable, or failed before any time was taken: not retried at longer lengths (a failing
+                # compilation is long); a row whose forward ran is tried again
+                gave_up[row] = status + (f" (at L={length}; not retried)" if status.startswith("failed") else "")
             results.append(r)
-            shown = r.get("status") or f"fwd {r['fwd'] * 1000:.2f} ms, fwd+bwd {r['fwdbwd'] * 1000:.2f} ms"
+            shown = ", ".join([f"{name} {fmt_ms(r[k])} ms" for k, name in (("fwd", "fwd"), ("fwdbwd", "fwd+bwd"))
+                               if k in r]
+                              + ([r["status"]] if "status" in r else []))
             print(f"  L={length} {GPU_ROWS[row]}: {shown}", file=sys.stderr, flush=True)
         del inputs
         table = gpu_table(results, matmul_tflops)
