@@ -20,7 +20,6 @@ if not torch.cuda.is_available():
 pytest.importorskip("triton")
 
 from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 from hydra_ssm import Hydra  # noqa: E402
 from hydra_ssm.ops import quasiseparable_chunked, quasiseparable_ref  # noqa: E402

@@ -17,6 +17,15 @@ def check_kernel_device(name: str, t: torch.Tensor) -> None:
                          "TRITON_INTERPRET=1 before the kernels are first imported to run them on CPU tensors)")
 
 
+_TL_DTYPES = {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16,
+              torch.float16: tl.float16}
+
+
+def tl_dtype(dtype: torch.dtype):
+    """Triton's dtype for a torch floating dtype."""
+    return _TL_DTYPES[dtype]
+
+
 def tl_compute_dtype(dtype: torch.dtype):
     """The kernels' compute dtype for a torch compute dtype (float64 or float32)."""
     return tl.float64 if dtype == torch.float64 else tl.float32

@@ -20,11 +20,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 import triton
-import triton.language as tl
 
 from . import kernels
+from ._launch import block_size, tl_dtype
 
-_DOT = {torch.float64: tl.float64, torch.float32: tl.float32, torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}
 
 
 MAX_CHUNK = 64  # past 64 the Q x Q tiles of the backward kernel no longer fit in registers
@@ -42,14 +41,10 @@ def block_chunk(chunk_size: int) -> int:
     return max(16, min(MAX_CHUNK, 1 << (max(chunk_size, 1).bit_length() - 1)))
 
 
-def _pow2(n: int) -> int:
-    return max(16, triton.next_power_of_2(n))
-
-
 def _config(x: torch.Tensor, acc: torch.dtype):
     """(DOT, PREC, ACC) constexprs: matmul operand dtype, its precision, accumulation dtype."""
     dot = torch.float64 if acc == torch.float64 else x.dtype
-    return _DOT[dot], "ieee", _DOT[acc]
+    return tl_dtype(dot), "ieee", tl_dtype(acc)
 
 
 def _same_strides(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -77,7 +72,7 @@ def scan_fwd(x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: torch.Tensor, B_fwd:
     """y (B, L, H, P) in x's dtype, and the entering states (2, B, NC, H, BN, BP) that backward reads."""
     b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
     acc = decays.dtype
-    bn, bp = _pow2(n), _pow2(p)
+    bn, bp = block_size(n, 128), block_size(p, 128)
     DOT, PREC, ACC = _config(x, acc)
     B_fwd, C_fwd, B_bwd, C_bwd = _same_strides(B_fwd, C_fwd, B_bwd, C_bwd)
     dt_fwd, dt_bwd = _same_strides(dt_fwd, dt_bwd)
@@ -105,7 +100,7 @@ def scan_fwd(x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: torch.Tensor, B_fwd:
 @scan_fwd.register_fake
 def _(x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, decays, totals, D, init, chunk):
     b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
-    return x.new_empty(b, l, h, p), decays.new_empty(2, b, nc, h, _pow2(n), _pow2(p), dtype=_state_dtype(x, decays.dtype))
+    return x.new_empty(b, l, h, p), decays.new_empty(2, b, nc, h, block_size(n, 128), block_size(p, 128), dtype=_state_dtype(x, decays.dtype))
 
 
 @torch.library.custom_op("hydra_ssm::scan_bwd", mutates_args=())
@@ -119,7 +114,7 @@ def scan_bwd(dy: torch.Tensor, x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: to
     without D); dinit (2, B, H, P, N)."""
     b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
     acc = decays.dtype
-    bn, bp = _pow2(n), _pow2(p)
+    bn, bp = block_size(n, 128), block_size(p, 128)
     DOT, PREC, ACC = _config(x, acc)
     B_fwd, C_fwd, B_bwd, C_bwd = _same_strides(B_fwd, C_fwd, B_bwd, C_bwd)
     dt_fwd, dt_bwd = _same_strides(dt_fwd, dt_bwd)
