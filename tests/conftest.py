@@ -4,6 +4,11 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+# Without a GPU the Triton kernels run on CPU tensors in Triton's interpreter. It is read when triton is first
+# imported (torch.compile's inductor imports it too), so it is set here, before any test runs.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 settings.register_profile("default", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("ci", deadline=None, max_examples=25, suppress_health_check=[HealthCheck.too_slow],
                           derandomize=True)
