@@ -17,6 +17,8 @@ log-decay (1e-5 at |T| = 200); the torch backend switches to float64 log-decays 
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 import triton
@@ -41,10 +43,32 @@ def block_chunk(chunk_size: int) -> int:
     return max(16, min(MAX_CHUNK, 1 << (max(chunk_size, 1).bit_length() - 1)))
 
 
-def _config(x: torch.Tensor, acc: torch.dtype):
-    """(DOT, PREC, ACC) constexprs: matmul operand dtype, its precision, accumulation dtype."""
+class Plan(NamedTuple):
+    """The sizes of one call of the kernels and their compile-time choices."""
+
+    b: int
+    l: int
+    h: int
+    p: int  # headdim
+    g: int
+    n: int  # d_state
+    nc: int  # chunks
+    lc: int  # the chunk-padded length, nc * chunk
+    bn: int  # tile widths of d_state and headdim (powers of two)
+    bp: int
+    state_dtype: torch.dtype  # of the chunk states: 16 bits for 16-bit inputs, else the accumulation dtype
+    consts: dict  # Q, BN, BP, DOT (matmul operand dtype), PREC, ACC (accumulation dtype)
+
+
+def _plan(x: torch.Tensor, B_fwd: torch.Tensor, acc: torch.dtype, chunk: int) -> Plan:
+    b, l, h, p = x.shape
+    g, n = B_fwd.shape[2:]
+    nc = triton.cdiv(l, chunk)
+    bn, bp = block_size(n, 128), block_size(p, 128)
+    sixteen = x.dtype in (torch.bfloat16, torch.float16)
     dot = torch.float64 if acc == torch.float64 else x.dtype
-    return tl_dtype(dot), "ieee", tl_dtype(acc)
+    return Plan(b, l, h, p, g, n, nc, nc * chunk, bn, bp, x.dtype if sixteen else acc,
+                dict(Q=chunk, BN=bn, BP=bp, DOT=tl_dtype(dot), PREC="ieee", ACC=tl_dtype(acc)))
 
 
 def _same_strides(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -54,53 +78,38 @@ def _same_strides(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t.contiguous() for t in ts)
 
 
-def _state_dtype(x: torch.Tensor, acc: torch.dtype) -> torch.dtype:
-    return x.dtype if x.dtype in (torch.bfloat16, torch.float16) else acc
-
-
-def _sizes(x, B_fwd, q):
-    b, l, h, p = x.shape
-    g, n = B_fwd.shape[2:]
-    nc = triton.cdiv(l, q)
-    return b, l, h, p, g, n, nc, nc * q
-
-
 @torch.library.custom_op("hydra_ssm::scan_fwd", mutates_args=())
 def scan_fwd(x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: torch.Tensor, B_fwd: torch.Tensor, C_fwd: torch.Tensor,
              B_bwd: torch.Tensor, C_bwd: torch.Tensor, decays: torch.Tensor, totals: torch.Tensor,
              D: torch.Tensor | None, init: torch.Tensor | None, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     """y (B, L, H, P) in x's dtype, and the entering states (2, B, NC, H, BN, BP) that backward reads."""
-    b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
-    acc = decays.dtype
-    bn, bp = block_size(n, 128), block_size(p, 128)
-    DOT, PREC, ACC = _config(x, acc)
+    pl = _plan(x, B_fwd, decays.dtype, chunk)
     B_fwd, C_fwd, B_bwd, C_bwd = _same_strides(B_fwd, C_fwd, B_bwd, C_bwd)
     dt_fwd, dt_bwd = _same_strides(dt_fwd, dt_bwd)
+    sizes, sB, sdt = (pl.b, pl.l, pl.h, pl.g, pl.n, pl.p, pl.nc, pl.lc), B_fwd.stride(), dt_fwd.stride()
     # the states in 16 bits for 16-bit inputs: they are the largest tensors the kernels move
-    states = torch.empty(2, b, nc, h, bn, bp, device=x.device, dtype=_state_dtype(x, acc))
-    y = torch.empty(b, l, h, p, device=x.device, dtype=x.dtype)
-    sB, sdt = B_fwd.stride(), dt_fwd.stride()
-    grid = (nc, b * h)
-    kernels.chunk_states[grid](x, B_fwd, B_bwd, dt_fwd, dt_bwd, decays, totals, states,
-                               b, l, h, g, n, p, nc, lc, *x.stride(), *sB, *sdt,
-                               Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC, num_warps=NUM_WARPS)
+    states = torch.empty(2, pl.b, pl.nc, pl.h, pl.bn, pl.bp, device=x.device, dtype=pl.state_dtype)
+    y = torch.empty(pl.b, pl.l, pl.h, pl.p, device=x.device, dtype=x.dtype)
+    grid = (pl.nc, pl.b * pl.h)
+    kernels.chunk_states[grid](x, B_fwd, B_bwd, dt_fwd, dt_bwd, decays, totals, states, *sizes,
+                               *x.stride(), *sB, *sdt, **pl.consts, num_warps=NUM_WARPS)
     si = (0,) * 5 if init is None else init.stride()
-    block_p = min(PASS_BLOCK_P, bp)
-    kernels.pass_states[(b * h, 2, bp // block_p)](states, totals, init if init is not None else states, b, h, n, p,
-                                                   nc, *si, HAS_INIT=init is not None, BN=bn, BP=bp,
-                                                   BLOCK_P=block_p, ACC=ACC, num_warps=PASS_WARPS)
+    block_p = min(PASS_BLOCK_P, pl.bp)
+    kernels.pass_states[(pl.b * pl.h, 2, pl.bp // block_p)](
+        states, totals, init if init is not None else states, pl.b, pl.h, pl.n, pl.p, pl.nc, *si,
+        HAS_INIT=init is not None, BN=pl.bn, BP=pl.bp, BLOCK_P=block_p, ACC=pl.consts["ACC"], num_warps=PASS_WARPS)
     sD = (0, 0, 0) if D is None else D.stride()
     kernels.outputs[grid](x, B_fwd, C_fwd, B_bwd, C_bwd, dt_fwd, dt_bwd, decays, states,
-                          D if D is not None else x, y, b, l, h, g, n, p, nc, lc,
-                          *x.stride(), *sB, *sdt, *sD, *y.stride(),
-                          HAS_D=D is not None, Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC, num_warps=NUM_WARPS)
+                          D if D is not None else x, y, *sizes, *x.stride(), *sB, *sdt, *sD, *y.stride(),
+                          HAS_D=D is not None, **pl.consts, num_warps=NUM_WARPS)
     return y, states
 
 
 @scan_fwd.register_fake
 def _(x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, decays, totals, D, init, chunk):
-    b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
-    return x.new_empty(b, l, h, p), decays.new_empty(2, b, nc, h, block_size(n, 128), block_size(p, 128), dtype=_state_dtype(x, decays.dtype))
+    pl = _plan(x, B_fwd, decays.dtype, chunk)
+    return x.new_empty(pl.b, pl.l, pl.h, pl.p), decays.new_empty(2, pl.b, pl.nc, pl.h, pl.bn, pl.bp,
+                                                                 dtype=pl.state_dtype)
 
 
 @torch.library.custom_op("hydra_ssm::scan_bwd", mutates_args=())
@@ -112,41 +121,38 @@ def scan_bwd(dy: torch.Tensor, x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: to
     """Gradients (accumulation dtype): dx (B, L, H, P); dBC (4, B, L, G, N) = dB_f, dC_f, dB_b, dC_b;
     ddt (2, B, L, H) as a factor; ddecays (4, B, LC, H); dtotals (2, B, NC, H); dD (B, L, H) (empty
     without D); dinit (2, B, H, P, N)."""
-    b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
-    acc = decays.dtype
-    bn, bp = block_size(n, 128), block_size(p, 128)
-    DOT, PREC, ACC = _config(x, acc)
+    pl = _plan(x, B_fwd, decays.dtype, chunk)
+    b, l, h, g, n, p, nc, lc = sizes = (pl.b, pl.l, pl.h, pl.g, pl.n, pl.p, pl.nc, pl.lc)
     B_fwd, C_fwd, B_bwd, C_bwd = _same_strides(B_fwd, C_fwd, B_bwd, C_bwd)
     dt_fwd, dt_bwd = _same_strides(dt_fwd, dt_bwd)
     sB, sdt = B_fwd.stride(), dt_fwd.stride()
-    new = dict(device=x.device, dtype=acc)
+    new = dict(device=x.device, dtype=decays.dtype)
     grid = (nc, b * h)
     dS = torch.empty_like(states)
-    kernels.readout_grads[grid](dy, C_fwd, C_bwd, decays, dS, b, l, h, g, n, p, nc, lc, *dy.stride(), *sB,
-                                Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC, num_warps=NUM_WARPS)
-    block_p = min(PASS_BLOCK_P, bp)
-    dtot_carry = torch.empty(bp // block_p, 2, b, nc, h, **new)
+    kernels.readout_grads[grid](dy, C_fwd, C_bwd, decays, dS, *sizes, *dy.stride(), *sB, **pl.consts,
+                                num_warps=NUM_WARPS)
+    block_p = min(PASS_BLOCK_P, pl.bp)
+    dtot_carry = torch.empty(pl.bp // block_p, 2, b, nc, h, **new)
     dinit = torch.empty(2, b, h, p, n, **new)
-    kernels.pass_state_grads[(b * h, 2, bp // block_p)](dS, states, totals, dtot_carry, dinit, b, h, n, p, nc,
-                                                        BN=bn, BP=bp, BLOCK_P=block_p, ACC=ACC,
-                                                        num_warps=PASS_WARPS)
+    kernels.pass_state_grads[(b * h, 2, pl.bp // block_p)](dS, states, totals, dtot_carry, dinit, b, h, n, p, nc,
+                                                           BN=pl.bn, BP=pl.bp, BLOCK_P=block_p,
+                                                           ACC=pl.consts["ACC"], num_warps=PASS_WARPS)
     dx = torch.empty(b, l, h, p, **new)
-    dBC = torch.empty(4, b, l, h, bn, **new)
+    dBC = torch.empty(4, b, l, h, pl.bn, **new)
     dBC[1, :, l - 1] = 0  # the rows of C no output reads: C_fwd's last, C_bwd's first
     dBC[3, :, 0] = 0
     ddt = torch.empty(2, b, l, h, **new)
     ddec = torch.empty(4, b, lc, h, **new)
     dtot = torch.empty(2, b, nc, h, **new)
-    dD = torch.empty(b, l, h, **new) if D is not None else x.new_empty(0, dtype=acc)
+    dD = torch.empty(b, l, h, **new) if D is not None else x.new_empty(0, dtype=decays.dtype)
     sD = (0, 0, 0) if D is None else D.stride()
     launches = [(0, 2)] if not SPLIT_GRADS else [(0, 1), (1, 2)]
     for first, last in launches:
         kernels.chunk_grads[grid](x, dy, B_fwd, C_fwd, B_bwd, C_bwd, dt_fwd, dt_bwd, decays, totals, states, dS,
                                   D if D is not None else x, dx, dBC, ddt, ddec, dtot, dD,
-                                  b, l, h, g, n, p, nc, lc, *x.stride(), *dy.stride(), *sB, *sdt, *sD, *dx.stride(),
+                                  *sizes, *x.stride(), *dy.stride(), *sB, *sdt, *sD, *dx.stride(),
                                   FIRST=first, LAST=last, ADD_DX=first > 0, HAS_D=D is not None and first == 0,
-                                  Q=chunk, BN=bn, BP=bp, DOT=DOT, PREC=PREC, ACC=ACC, num_warps=GRAD_WARPS,
-                                  num_stages=GRAD_STAGES)
+                                  **pl.consts, num_warps=GRAD_WARPS, num_stages=GRAD_STAGES)
     # per-head gradients of the group tensors: summed over the heads of each group
     dBC = dBC[..., :n].view(4, b, l, g, h // g, n).sum(4)
     return dx, dBC, ddt, ddec, dtot + dtot_carry.sum(0), dD, dinit
@@ -154,9 +160,10 @@ def scan_bwd(dy: torch.Tensor, x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: to
 
 @scan_bwd.register_fake
 def _(dy, x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd, decays, totals, D, states, chunk):
-    b, l, h, p, g, n, nc, lc = _sizes(x, B_fwd, chunk)
+    pl = _plan(x, B_fwd, decays.dtype, chunk)
+    b, l, h, p, g, n = pl.b, pl.l, pl.h, pl.p, pl.g, pl.n
     new = decays.new_empty
-    return (new(b, l, h, p), new(4, b, l, g, n), new(2, b, l, h), new(4, b, lc, h), new(2, b, nc, h),
+    return (new(b, l, h, p), new(4, b, l, g, n), new(2, b, l, h), new(4, b, pl.lc, h), new(2, b, pl.nc, h),
             new(b, l, h) if D is not None else new(0), new(2, b, h, p, n))
 
 
