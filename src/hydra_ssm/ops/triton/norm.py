@@ -56,7 +56,7 @@ def _gated_rms_norm_bwd_kernel(X, Z, W, RSTD, DOUT, DX, DZ, DW_PART, stride_x, s
     for i in range(ROWS_PER_PROGRAM):
         row = pid.to(tl.int64) * ROWS_PER_PROGRAM + i
         # the last program's range may pass the last row: masked loads give zeros, which add nothing to dw
-        mask = (cols < d) & (row < rows)
+        mask = (cols < d) & (row + 0 * cols < rows)  # both sides vectors: Triton 3.9's interpreter needs it
         rstd = tl.load(RSTD + row, mask=row < rows, other=0.0)
         n = tl.load(X + row * stride_x + cols, mask=mask, other=0.0).to(COMPUTE) * rstd  # normalised x
         g = tl.load(DOUT + row * stride_dout + cols, mask=mask, other=0.0).to(COMPUTE)
