@@ -79,7 +79,6 @@ def set_validation(mode: bool | None) -> None:
 def validation(mode: bool | None) -> Iterator[None]:
     """:func:`set_validation` for a ``with`` block, the previous mode restored when the block
     ends (by an exception too): ``with hydra_ssm.validation(True): model(**batch)``."""
-    _check_mode(mode)
     previous = _validation_mode
     set_validation(mode)
     try:

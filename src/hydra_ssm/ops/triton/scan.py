@@ -20,20 +20,20 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 import triton
 
+from .._layout import to_chunks
+from .._shapes import compute_dtype
+from ..chunked import log_decays
+from ..quasiseparable import BACKWARD, FORWARD
 from . import kernels
 from ._launch import block_size, tl_dtype
-
-
 
 MAX_CHUNK = 64  # past 64 the Q x Q tiles of the backward kernel no longer fit in registers
 NUM_WARPS = 4
 PASS_BLOCK_P = 16  # state columns per program of the carry loops (measured on an H100: 16 columns, 1 warp)
 PASS_WARPS = 1
 GRAD_WARPS = 4
-SPLIT_GRADS = True  # chunk_grads launched once per direction
 GRAD_STAGES = 2
 
 
@@ -146,8 +146,7 @@ def scan_bwd(dy: torch.Tensor, x: torch.Tensor, dt_fwd: torch.Tensor, dt_bwd: to
     dtot = torch.empty(2, b, nc, h, **new)
     dD = torch.empty(b, l, h, **new) if D is not None else x.new_empty(0, dtype=decays.dtype)
     sD = (0, 0, 0) if D is None else D.stride()
-    launches = [(0, 2)] if not SPLIT_GRADS else [(0, 1), (1, 2)]
-    for first, last in launches:
+    for first, last in ((0, 1), (1, 2)):  # one launch per direction: half the live Q x Q tiles of one for both
         kernels.chunk_grads[grid](x, dy, B_fwd, C_fwd, B_bwd, C_bwd, dt_fwd, dt_bwd, decays, totals, states, dS,
                                   D if D is not None else x, dx, dBC, ddt, ddec, dtot, dD,
                                   *sizes, *x.stride(), *dy.stride(), *sB, *sdt, *sD, *dx.stride(),
@@ -189,21 +188,17 @@ scan_fwd.register_autograd(_backward, setup_context=_setup_context)
 def _log_decays(dt_fwd: torch.Tensor, dt_bwd: torch.Tensor, A: torch.Tensor, q: int, acc: torch.dtype):
     """(decays (4, B, LC, H): r_f, k_f, r_b, k_b; totals (2, B, NC, H)) inside chunks of q, under autograd.
 
-    a_t = dt_t A. Forward (outputs read j < i): r_i = sum of a over [chunk start, i), k_j over [chunk start, j];
-    backward (j > i), measured from the chunk's end: r_i = sum over (i, chunk end], k_j over [j, chunk end].
-    In both, r_i - k_j is the sum strictly between i and j; T is the chunk's total.
+    The torch path's log-decays (``chunked.log_decays``, in float64: no host synchronisation), laid out
+    position-major for the kernels: in both directions r_i - k_j is the sum of dt A strictly between i and j,
+    and T is the chunk's total.
     """
     b, l, h = dt_fwd.shape
-    nc = triton.cdiv(l, q)
-    a = torch.stack([dt_fwd, dt_bwd]).double() * A.double()  # (2, B, L, H) per-position log-decays
-    a = F.pad(a, (0, 0, 0, nc * q - l)).view(2, b, nc, q, h)
-    inclusive = a.cumsum(3)
-    exclusive = inclusive - a
-    total = inclusive[:, :, :, -1:]
-    r_f, k_f = exclusive[0], inclusive[0]
-    r_b, k_b = total[1] - inclusive[1], total[1] - exclusive[1]
-    decays = torch.stack([r_f, k_f, r_b, k_b]).reshape(4, b, nc * q, h).to(acc)
-    return decays, total.squeeze(3).to(acc).contiguous()
+    dts = [to_chunks(dt.unsqueeze(-1), q).squeeze(-1) for dt in (dt_fwd, dt_bwd)]  # (c, B, H, Q)
+    fwd, bwd = log_decays(dts, A, [FORWARD, BACKWARD], torch.float64)
+    decays = torch.stack([fwd.r, fwd.k, bwd.r, bwd.k]).permute(0, 2, 1, 4, 3)  # (4, B, c, Q, H)
+    totals = torch.stack([fwd.T, bwd.T]).transpose(1, 2)  # (2, B, c, H)
+    # contiguous: the kernels index both as dense arrays (a reshape may keep a view with size-1 strides)
+    return decays.reshape(4, b, -1, h).to(acc).contiguous(), totals.to(acc).contiguous()
 
 
 def hydra_scan(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size: int = 64,
@@ -213,9 +208,7 @@ def hydra_scan(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_s
     x (B, L, H, P); dt_* (B, L, H); A (H,); B_*, C_* (B, L, G, N); D None, (H,) or (B, L, H);
     initial_states: a (forward, backward) pair, each None or (B, H, P, N). Returns y in x's dtype.
     """
-    acc = torch.float64 if any(t is not None and t.dtype == torch.float64
-                               for t in (x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, *initial_states)) \
-        else torch.float32
+    acc = compute_dtype(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D, *initial_states)
     if acc == torch.float64:
         x, dt_fwd, dt_bwd, B_fwd, C_fwd, B_bwd, C_bwd = (t.double() for t in (x, dt_fwd, dt_bwd, B_fwd, C_fwd,
                                                                               B_bwd, C_bwd))
