@@ -3,6 +3,7 @@
     hydra-ssm train       pretrain / fine-tune (default: Hydra vs attention MLM on the interpreter's own text)
     hydra-ssm compare     the same for a list of mixers and tasks
     hydra-ssm evaluate    evaluate a saved model on its task's validation data
+    hydra-ssm study       the matrix-mixer study: a grid of runs and its report (docs/results.md)
     hydra-ssm bench | bench-mixers | bench-packing | bench-stream | bench-context-parallel | bench-state-tracking | plot
                           benchmark and plotting scripts
 
@@ -30,6 +31,8 @@ PASSTHROUGH = {
     "bench-stream": ("hydra_ssm.bench.stream", "working memory of Hydra.stream against L (hydra_ssm.bench.stream)"),
     "bench-state-tracking": ("hydra_ssm.bench.state_tracking", "which mixers learn parity and the S5 word problem "
                              "at which length: a seeded study of tiny trained models (hydra_ssm.bench.state_tracking)"),
+    "study": ("hydra_ssm.study", "the matrix-mixer study: a declared grid of runs (mixers x forms x tasks x rates "
+                                 "x seeds), resumable, and its report with figures (hydra_ssm.study)"),
     "plot": ("hydra_ssm.plot", "plots from benchmark/training outputs (hydra_ssm.plot)"),
 }
 

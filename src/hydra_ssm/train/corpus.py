@@ -15,6 +15,31 @@ def hash_bucket(key: str, buckets: int) -> int:
     return zlib.crc32(key.encode("utf-8", "replace")) % buckets
 
 
+_SKIPPED_DIRS = ("site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__")
+
+
+def stdlib_sources() -> list[tuple[str, str]]:
+    """(path relative to the standard library, source text) of the interpreter's own ``.py`` files, in sorted
+    path order; tests, site-packages and lib2to3 are skipped, as are files that are not UTF-8."""
+    root = sysconfig.get_paths()["stdlib"]
+    paths = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)  # "." at the top: names like "./abc.py" (the split hashes them)
+        if any(p in _SKIPPED_DIRS or p.startswith("lib2to3") for p in rel.split(os.sep)):
+            dirnames[:] = []
+            continue
+        dirnames.sort()
+        paths += [os.path.join(rel, f) for f in sorted(filenames) if f.endswith(".py")]
+    out = []
+    for rel in sorted(paths):
+        try:
+            with open(os.path.join(root, rel), encoding="utf-8") as fh:
+                out.append((rel, fh.read()))
+        except (UnicodeDecodeError, OSError):
+            continue
+    return out
+
+
 def default_corpus(max_chars: int = 0) -> tuple[list[str], list[str]]:
     """Text that ships with the interpreter: pydoc topics and stdlib sources, split train/validation.
 
@@ -28,23 +53,7 @@ def default_corpus(max_chars: int = 0) -> tuple[list[str], list[str]]:
         docs += [(f"topic:{k}", topics[k]) for k in sorted(topics)]
     except ImportError:  # pragma: no cover - stripped interpreters
         pass
-    root = sysconfig.get_paths()["stdlib"]
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        parts = rel.split(os.sep)
-        if any(p in ("site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__") or p.startswith("lib2to3")
-               for p in parts):
-            dirnames[:] = []
-            continue
-        dirnames.sort()
-        paths += [os.path.join(rel, f) for f in sorted(filenames) if f.endswith(".py")]
-    for rel in sorted(paths):
-        try:
-            with open(os.path.join(root, rel), encoding="utf-8") as fh:
-                docs.append((rel, fh.read()))
-        except (UnicodeDecodeError, OSError):
-            continue
+    docs += stdlib_sources()
     train, val, total = [], [], 0
     for name, text in docs:
         if max_chars and total >= max_chars:
