@@ -432,8 +432,8 @@ class Hydra(SequenceMixer):
     def _forward_context_parallel(self, u: torch.Tensor, attention_mask, group) -> torch.Tensor:
         """``forward`` of this rank's shard u (B, n, d_model) of sequences split over ``group``'s ranks
         (rank 0 the first shard); see ``hydra_ssm.mixers.context_parallel``."""
-        check_group(group)
         self._refuse_two_scans("context_parallel_group")
+        check_group(group)
         if attention_mask is not None:
             raise ValueError("attention_mask is not supported with context_parallel_group: every rank holds "
                              "whole, unpadded shards of the sequences")
