@@ -224,3 +224,16 @@ def test_two_scan_variants_refuse_segments(kw):
         m(u, context_parallel_group=object())
     with pytest.raises(ValueError, match="export"):
         torch.jit.trace(m, (u,))
+
+
+def test_two_scan_path_reads_initial_states_as_hydras_scan():
+    """With shift and add, the two-scan path is the default layer: learned initial states included."""
+    m = make(learnable_init_states=True)
+    with torch.no_grad():
+        m.init_states.normal_()
+    u = torch.randn(2, 7, 16, dtype=torch.float64)
+    z, x, B_f, C_f, B_b, C_b, dt_f, dt_b = m._value_stream(u, None)
+    y = m._two_scan_mix(x, dt_f, dt_b, B_f, C_f, B_b, C_b, m.init_states)
+    without = m._two_scan_mix(x, dt_f, dt_b, B_f, C_f, B_b, C_b, None)
+    torch.testing.assert_close(m(u), m._output(y, z), rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(y, without)
