@@ -13,7 +13,9 @@ from torch import nn
 
 from .._checks import (check_bool, check_choice, check_float_dtype, check_number, check_positive_ints,
                        check_sequence_input, exporting, tracing, value_checks_enabled)
-from ..ops import quasiseparable_chunked, quasiseparable_matrix, quasiseparable_minimal, quasiseparable_two_pass
+from ..ops import (quasiseparable_chunked, quasiseparable_matrix, quasiseparable_minimal, quasiseparable_two_pass,
+                   semiseparable_chunked, semiseparable_matrix)
+from ..ops.bidirectional import combine_directions, combine_matrices, diagonal_term, shift_later
 from ..ops.boundary import EnteringStates, SegmentSummary, entering_state_readout, entering_states, segment_summary
 from ..ops._layout import PackedLayout
 from ..ops.quasiseparable import resolve_backend
@@ -30,6 +32,10 @@ SCAN_IMPLS = {
     "two_pass": quasiseparable_two_pass,
     "minimal": quasiseparable_minimal,
 }
+
+
+#: how the two directions' outputs are joined (the ``combine`` option)
+COMBINES = ("add", "concat")
 
 
 def scan_for(scan_impl: str):
@@ -107,6 +113,33 @@ class Hydra(SequenceMixer):
     kernels, and any value may be passed.
     ``use_mem_eff_path`` is accepted for compatibility and has no effect.
 
+    Ablations of the design (each changes one thing; the defaults are the layer above):
+
+    * ``shift=False``: no shift of the two directions' outputs,
+      ``y = M_f x + flip(M_b flip(x)) + D x`` with M_f, M_b the causal (Mamba-2)
+      matrices including their diagonals: two causal passes added, so each
+      position reads itself through both scans and through D.
+    * ``per_token_diagonal=False``: no ``fc_D`` (the parameter is not built); the
+      diagonal is the learned per-head ``D`` alone.
+    * ``combine="concat"``: the forward and backward outputs (each shifted as
+      ``shift`` says) are concatenated on channels, ``[fwd | bwd]`` (B, L,
+      2 d_inner), and mapped back to d_inner by ``combine_proj`` (a linear map
+      without bias, built only then) before the gated norm; the diagonal term
+      ``D x`` is added after it.
+    * ``shared_bc=True``: one B and one C, from in_proj, read by both directions
+      (in_proj and the conv shrink by 2 ngroups d_state channels); the default
+      gives each direction its own, as the reference module does.
+
+    ``per_token_diagonal=False`` and ``shared_bc=True`` run the same scans as the
+    default (every path: packed, streaming, context parallel, export).
+    ``shift=False`` and ``combine="concat"`` run the causal chunked scan
+    (:func:`hydra_ssm.ops.semiseparable_chunked`) on x and on the flipped x,
+    whatever ``scan_impl``; a packed row is then unpacked into a padded batch
+    (``SequenceMixer.forward_packed``), and streaming, context parallelism and
+    export are refused (ValueError). ``materialize`` gives the variant's matrix;
+    with ``combine="concat"`` the layer mixes channels after the scans and has
+    none (ValueError).
+
     Inputs: ``u`` must have the parameters' dtype (a float32 layer does not
     silently run a float64 or bfloat16 input; convert one or the other), except
     under ``torch.autocast``, which chooses the compute dtype. A batch of 0
@@ -140,13 +173,18 @@ class Hydra(SequenceMixer):
         device=None,
         dtype=None,
         scan_impl="auto",
+        shift=True,
+        per_token_diagonal=True,
+        combine="add",
+        shared_bc=False,
     ):
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         check_positive_ints(d_state=d_state, ngroups=ngroups, chunk_size=chunk_size)
         check_layer_sizes(d_model, expand, headdim, d_conv, activation)
         check_float_dtype(dtype)
-        for name, value in (("learnable_init_states", learnable_init_states), ("bias", bias), ("conv_bias", conv_bias)):
+        for name, value in (("learnable_init_states", learnable_init_states), ("bias", bias), ("conv_bias", conv_bias),
+                            ("shift", shift), ("per_token_diagonal", per_token_diagonal), ("shared_bc", shared_bc)):
             check_bool(name, value)
         nheads = expand * d_model // headdim
         if nheads % ngroups != 0:
@@ -160,6 +198,7 @@ class Hydra(SequenceMixer):
         if conv_init is not None:
             check_number("conv_init", conv_init, low=0, low_open=True, what="a positive number or None")
         check_choice("scan_impl", scan_impl, sorted(SCAN_IMPLS))
+        check_choice("combine", combine, COMBINES)
 
         self.d_model = d_model
         self.d_state = d_state
@@ -177,10 +216,18 @@ class Hydra(SequenceMixer):
         self.use_mem_eff_path = use_mem_eff_path
         self.layer_idx = layer_idx
         self.scan_impl = scan_impl
+        self.shift = shift
+        self.per_token_diagonal = per_token_diagonal
+        self.combine = combine
+        self.shared_bc = shared_bc
+        if self.two_scans:  # the models read these per layer: this variant computes whole sequences only
+            self.can_stream = False
+            self.context_parallel = False
 
-        # in_proj columns: [z (d_inner) | x (d_inner), B_f, C_f, B_b, C_b (G*N each) | dt_f, dt_b (H each)]
+        # in_proj columns: [z (d_inner) | x (d_inner), B_f, C_f, B_b, C_b (G*N each) | dt_f, dt_b (H each)],
+        # with shared_bc: [z | x, B, C | dt_f, dt_b]
         self.bc_dim = ngroups * d_state
-        self.conv_dim = self.d_inner + 4 * self.bc_dim
+        self.conv_dim = self.d_inner + (2 if shared_bc else 4) * self.bc_dim
         self.in_proj, self.conv1d = in_proj_and_conv(d_model, self.d_inner + self.conv_dim + 2 * nheads, self.conv_dim,
                                                      d_conv, conv_init, bias, conv_bias, factory)
         if learnable_init_states:
@@ -192,9 +239,23 @@ class Hydra(SequenceMixer):
         self.A_log._no_weight_decay = True
         self.D = nn.Parameter(torch.ones(nheads, **factory))
         self.D._no_weight_decay = True
-        self.fc_D = nn.Linear(self.d_inner, nheads, bias=False, **factory)
+        self.fc_D = nn.Linear(self.d_inner, nheads, bias=False, **factory) if per_token_diagonal else None
         self.norm = GatedRMSNorm(self.d_inner, eps=1e-5, **factory)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+        if combine == "concat":  # built last, so the other parameters draw the default layer's initial values
+            self.combine_proj = nn.Linear(2 * self.d_inner, self.d_inner, bias=False, **factory)
+
+    @property
+    def two_scans(self) -> bool:
+        """Whether the variant runs the two causal scans (``shift=False`` or ``combine="concat"``)
+        instead of Hydra's quasiseparable scans."""
+        return not self.shift or self.combine != "add"
+
+    def _refuse_two_scans(self, what: str) -> None:
+        """A ValueError naming the options when this variant cannot do ``what``."""
+        if self.two_scans:
+            raise ValueError(f"{what} is not supported with shift={self.shift}, combine={self.combine!r} (the "
+                             f"ablations that run two causal scans): use shift=True, combine='add'")
 
     # ------------------------------------------------------------------ pieces
     def _value_stream(self, u: torch.Tensor, mask: torch.Tensor | None, packed: PackedLayout | None = None):
@@ -215,7 +276,11 @@ class Hydra(SequenceMixer):
             xBC = depthwise_conv_silu_triton(xBC, self.conv1d.weight, self.conv1d.bias)
         else:
             xBC = F.silu(self.conv1d(xBC.transpose(1, 2)).transpose(1, 2))
-        x, B_f, C_f, B_b, C_b = torch.split(xBC, [self.d_inner] + [self.bc_dim] * 4, dim=-1)
+        if self.shared_bc:
+            x, B_f, C_f = torch.split(xBC, [self.d_inner, self.bc_dim, self.bc_dim], dim=-1)
+            B_b, C_b = B_f, C_f
+        else:
+            x, B_f, C_f, B_b, C_b = torch.split(xBC, [self.d_inner] + [self.bc_dim] * 4, dim=-1)
         # both directions share dt_bias: (B, L, 2, H)
         cdt = work_dtype(dt.dtype)
         dt = F.softplus(rearrange(dt.to(cdt), "b l (two h) -> b l two h", two=2) + self.dt_bias.to(cdt))
@@ -225,7 +290,7 @@ class Hydra(SequenceMixer):
             # dt = 0 at padding: no input, no decay; C = 0: no output read from padded rows.
             dt = dt * mask[..., None, None]
             C_f = C_f * mask[..., None].to(C_f.dtype)
-            C_b = C_b * mask[..., None].to(C_b.dtype)
+            C_b = C_f if self.shared_bc else C_b * mask[..., None].to(C_b.dtype)
         dt_f, dt_b = dt.unbind(dim=2)
         x = rearrange(x, "b l (h p) -> b l h p", p=self.headdim)
         B_f, C_f, B_b, C_b = (rearrange(t, "b l (g n) -> b l g n", g=self.ngroups) for t in (B_f, C_f, B_b, C_b))
@@ -235,7 +300,9 @@ class Hydra(SequenceMixer):
         return decay_rate(self.A_log)
 
     def _diag(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-token diagonal D_t = fc_D(x_t) + D, (B, L, H)."""
+        """Per-token diagonal D_t = fc_D(x_t) + D, (B, L, H); without fc_D the per-head D (H,)."""
+        if self.fc_D is None:
+            return self.D
         return token_diagonal(x, self.fc_D, self.D)
 
     def _check(self, u, attention_mask):
@@ -251,6 +318,10 @@ class Hydra(SequenceMixer):
                 raise ValueError("cu_seqlens (a packed row) and context_parallel_group (a sequence split across "
                                  "processes) cannot be combined: pass one of them")
             return self._forward_context_parallel(u, attention_mask, context_parallel_group)
+        if exporting():
+            self._refuse_two_scans("export (torch.export, torch.onnx.export)")
+        if self.two_scans and cu_seqlens is not None:  # unpacked into a padded batch, mixed by the branch below
+            return SequenceMixer.forward_packed(self, u, cu_seqlens)
         mask = self._check(u, attention_mask)
         packed = None
         if cu_seqlens is not None:
@@ -259,12 +330,32 @@ class Hydra(SequenceMixer):
             return self.out_proj(u.new_zeros(0, u.shape[1], self.d_inner))
         z, x, B_f, C_f, B_b, C_b, dt_f, dt_b = self._value_stream(u, mask, packed)
         init = self.init_states if self.learnable_init_states else None
-        y = scan_for(self.scan_impl)(x, dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x),
-                                       chunk_size=self.chunk_size, initial_states=init, cu_seqlens=cu_seqlens)
+        if self.two_scans:
+            y = self._two_scan_mix(x, dt_f, dt_b, B_f, C_f, B_b, C_b, init)
+        else:
+            y = scan_for(self.scan_impl)(x, dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x),
+                                         chunk_size=self.chunk_size, initial_states=init, cu_seqlens=cu_seqlens)
         out = self._output(y, z)
         if mask is not None:
             out = out * mask[..., None].to(out.dtype)
         return out
+
+    def _two_scan_mix(self, x, dt_f, dt_b, B_f, C_f, B_b, C_b, init) -> torch.Tensor:
+        """The ablations' mixer (``shift=False`` or ``combine="concat"``) of the value stream: the causal scan of x
+        with the forward parameters and of the flipped x with the backward ones, joined as ``shift`` and
+        ``combine`` say. x (B, L, H, P); dt_* (B, L, H); B_*, C_* (B, L, G, N); init None or (H, P, N).
+        Returns y (B, L, H, P)."""
+        A = self._A()
+        flip = lambda t: t.flip(1)  # noqa: E731
+        y_f = semiseparable_chunked(x, dt_f, A, B_f, C_f, self.chunk_size, init)
+        y_b = semiseparable_chunked(flip(x), flip(dt_b), A, flip(B_b), flip(C_b), self.chunk_size, init)
+        if self.combine == "add":
+            return combine_directions(y_f, y_b, x, self._diag(x), shift=self.shift)
+        if self.shift:
+            y_f, y_b = shift_later(y_f), shift_later(y_b)
+        both = rearrange([y_f, flip(y_b)], "two b l h p -> b l (two h p)")  # channels [fwd | bwd]
+        y = rearrange(self.combine_proj(both), "b l (h p) -> b l h p", p=self.headdim)
+        return y + diagonal_term(x, self._diag(x))
 
     def forward_packed(self, u: torch.Tensor, cu_seqlens: torch.Tensor) -> torch.Tensor:
         """A packed row (1, total, d_model) with its offsets: Hydra's own packed path (see :meth:`forward`)."""
@@ -304,6 +395,7 @@ class Hydra(SequenceMixer):
         Each of ``left``, ``right`` is ``halo``, or fewer only where the window reaches the sequence's
         start (end): the conv's zero padding is then the sequence's own.
         """
+        self._refuse_two_scans("a segment (streaming, context parallelism)")
         stream = self._value_stream(u_window, None)
         n = u_window.shape[1] - left - right
         inner = ValueStream(*(t[:, left:left + n] for t in stream))
@@ -340,6 +432,7 @@ class Hydra(SequenceMixer):
     def _forward_context_parallel(self, u: torch.Tensor, attention_mask, group) -> torch.Tensor:
         """``forward`` of this rank's shard u (B, n, d_model) of sequences split over ``group``'s ranks
         (rank 0 the first shard); see ``hydra_ssm.mixers.context_parallel``."""
+        self._refuse_two_scans("context_parallel_group")
         check_group(group)
         if attention_mask is not None:
             raise ValueError("attention_mask is not supported with context_parallel_group: every rank holds "
@@ -374,6 +467,7 @@ class Hydra(SequenceMixer):
         layer's output y (B, n, d_model) (a residual, norm and MLP, say). Both must act on each position
         alone. Default: the layer reads u and its output is written.
         """
+        self._refuse_two_scans("stream")
         check_positive_ints(segment_len=segment_len)
         check_sequence_input(u, self.d_model, check_finite=False)
         weight = self.in_proj.weight
@@ -426,13 +520,30 @@ class Hydra(SequenceMixer):
         """The (B, H, L, L) matrix applied to the value stream x (after conv and
         activation): ``y[:, i, h] = sum_j M[:, h, i, j] x[:, j, h]`` before
         norm, gate and out_proj. Learnable initial states, if any, add an
-        affine term that is not part of the matrix."""
+        affine term that is not part of the matrix. With ``shift=False`` the
+        diagonal holds both causal matrices' diagonals and D. With
+        ``combine="concat"`` there is no such matrix (``combine_proj`` mixes the
+        directions' channels): a ValueError."""
+        if self.combine == "concat":
+            raise ValueError("materialize: with combine='concat' the layer mixes the two directions' channels "
+                             "(combine_proj) after the scans, so no (B, H, L, L) matrix gives its output")
         mask = self._check(u, attention_mask)
         if u.shape[0] == 0:
             return u.new_zeros(0, self.nheads, u.shape[1], u.shape[1])
         _, x, B_f, C_f, B_b, C_b, dt_f, dt_b = self._value_stream(u, mask)
-        return quasiseparable_matrix(dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x))
+        if self.shift:
+            return quasiseparable_matrix(dt_f, dt_b, self._A(), B_f, C_f, B_b, C_b, D=self._diag(x))
+        flip = lambda t: t.flip(1)  # noqa: E731
+        M_f = semiseparable_matrix(dt_f, self._A(), B_f, C_f)
+        M_b = semiseparable_matrix(flip(dt_b), self._A(), flip(B_b), flip(C_b))
+        return combine_matrices(M_f, M_b, self._diag(x), shift=False)
 
     def extra_repr(self) -> str:
         return (f"d_model={self.d_model}, d_state={self.d_state}, nheads={self.nheads}, headdim={self.headdim}, "
-                f"ngroups={self.ngroups}, chunk_size={self.chunk_size}, scan_impl={self.scan_impl!r}")
+                f"ngroups={self.ngroups}, chunk_size={self.chunk_size}, scan_impl={self.scan_impl!r}"
+                + "".join(f", {name}={value!r}" for name, value, default in self._ablations() if value != default))
+
+    def _ablations(self) -> list[tuple]:
+        """(name, value, default) of each ablation option."""
+        return [("shift", self.shift, True), ("per_token_diagonal", self.per_token_diagonal, True),
+                ("combine", self.combine, "add"), ("shared_bc", self.shared_bc, False)]

@@ -11,7 +11,8 @@ direction's parameters, and ``shift`` moves every output one position later
 (row 0 gets zero). The lower triangle of the result is ``M_f`` moved down one
 row, the upper triangle is ``M_b`` reversed and moved right one column, and
 the diagonal is D alone: each position reads the others through the two
-scans and itself through D.
+scans and itself through D. Without the shift (``shift=False``, an ablation:
+two causal passes added) the diagonal is M_f's, M_b's and D's together.
 
 :func:`combine_directions` builds the outputs from the two causal outputs,
 :func:`combine_matrices` the explicit (B, H, L, L) matrix from the two causal
@@ -39,24 +40,28 @@ def diagonal_term(x: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor | Non
 
 
 def combine_directions(y_fwd: torch.Tensor, y_bwd_reversed: torch.Tensor, x: torch.Tensor,
-                       D: torch.Tensor | None = None) -> torch.Tensor:
-    """``shift(y_fwd) + flip(shift(y_bwd_reversed)) + D * x``.
+                       D: torch.Tensor | None = None, shift: bool = True) -> torch.Tensor:
+    """``shift(y_fwd) + flip(shift(y_bwd_reversed)) + D * x``; with ``shift=False``
+    ``y_fwd + flip(y_bwd_reversed) + D * x`` (each position also reads itself through both scans).
 
     y_fwd: (B, L, H, P) the causal outputs of the forward direction; y_bwd_reversed: (B, L, H, P)
     the causal outputs of the backward direction on the reversed sequence; x: (B, L, H, P) the
     values; D: None, (H,) or (B, L, H).
     """
-    y = shift_later(y_fwd) + shift_later(y_bwd_reversed).flip(1)
+    if shift:
+        y_fwd, y_bwd_reversed = shift_later(y_fwd), shift_later(y_bwd_reversed)
+    y = y_fwd + y_bwd_reversed.flip(1)
     diag = diagonal_term(x.to(y.dtype), D)
     return y if diag is None else y + diag
 
 
-def combine_matrices(M_fwd: torch.Tensor, M_bwd_reversed: torch.Tensor, D: torch.Tensor | None = None) -> torch.Tensor:
-    """The explicit (B, H, L, L) matrix of :func:`combine_directions` from the two causal matrices
-    (B, H, L, L) (the backward one on the reversed sequence) and D (None, (H,) or (B, L, H))."""
-    lower = F.pad(M_fwd, (0, 0, 1, 0))[..., :-1, :]  # rows moved down one: row i reads M_fwd[i - 1]
-    upper = F.pad(M_bwd_reversed, (0, 0, 1, 0))[..., :-1, :].flip(-1).flip(-2)
-    Q = lower + upper
+def combine_matrices(M_fwd: torch.Tensor, M_bwd_reversed: torch.Tensor, D: torch.Tensor | None = None,
+                     shift: bool = True) -> torch.Tensor:
+    """The explicit (B, H, L, L) matrix of :func:`combine_directions` (same ``shift``) from the two causal
+    matrices (B, H, L, L) (the backward one on the reversed sequence) and D (None, (H,) or (B, L, H))."""
+    if shift:  # rows moved down one: row i reads M[i - 1]
+        M_fwd, M_bwd_reversed = (F.pad(M, (0, 0, 1, 0))[..., :-1, :] for M in (M_fwd, M_bwd_reversed))
+    Q = M_fwd + M_bwd_reversed.flip(-1).flip(-2)
     if D is None:
         return Q
     b, h, l, _ = Q.shape
