@@ -139,15 +139,16 @@ def _drop_in_arms() -> tuple:
 
 def _ablation_arms() -> tuple:
     return (
-        Arm("hydra", "hydra", note="the Hydra layer (the reference)"),
+        Arm("hydra", "hydra", note="the Hydra layer (the reference): each direction its own B and C, shift, "
+                                   "per-token diagonal, directions added"),
         Arm("hydra-no-shift", "hydra", {"shift": False},
-            note="no shift: two semiseparable passes (diagonals included) added, B and C shared"),
+            note="no shift: two semiseparable (Mamba-2) passes, diagonals included, added (the BiMamba style)"),
         Arm("hydra-no-token-diagonal", "hydra", {"per_token_diagonal": False},
             note="no per-token diagonal (fc_D): the diagonal is the per-head D alone"),
+        Arm("hydra-shared-bc", "hydra", {"shared_bc": True},
+            note="one B and one C for both directions (the quasiseparable matrix with tied generators)"),
         Arm("hydra-concat", "hydra", {"combine": "concat"},
             note="the two directions concatenated and projected instead of added"),
-        Arm("quasiseparable-sam", "quasiseparable", {"is_data_dependent": True},
-            note="separate B, C per direction: the quasiseparable matrix mixer"),
     )
 
 
@@ -190,7 +191,9 @@ def _presets() -> dict:
                                             form="SAM")), "hydra"),
                   Section("drop-in", "Hydra against attention", "Does Hydra replace attention?",
                           ("digits", "docs"), _drop_in_arms()[:2] + _drop_in_arms()[3:],
-                          "hydra")),
+                          "hydra"),
+                  Section("ablations", "Hydra's design", "Which parts of Hydra's design matter?", ("digits",),
+                          _ablation_arms()[:2], "hydra")),
         lrs=(1e-3, 3e-3), seeds=2)
     paper_small = Preset(
         "paper-small", "the study of docs/results.md: the paper's matrix classes in both forms, Hydra against "
@@ -377,10 +380,33 @@ def run_one(run: Run) -> dict:
 
 
 def _worker_init():
+    import threading
+
     import torch
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
+    parent = os.getppid()
+
+    def watch():  # a worker whose study was killed stops too, rather than write a run nobody reads
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _lock(out: str):
+    """Hold ``OUT/study.lock`` while the study runs: two studies in one directory would train the same runs."""
+    import fcntl
+
+    fh = open(os.path.join(out, "study.lock"), "w")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise UsageError(f"another hydra-ssm study is running in {out}; wait for it, or stop it first") from None
+    return fh
 
 
 def prepare_data(grid: Grid) -> None:
@@ -424,9 +450,17 @@ def _read_results(runs: list) -> dict:
 
 def run_study(preset: Preset, out: str, jobs: int = 2, log=sys.stderr) -> dict:
     """Run (or continue) the study; returns ``{run directory: result}`` for every run of the grid."""
+    os.makedirs(out, exist_ok=True)
+    lock = _lock(out)
+    try:
+        return _run_study(preset, out, jobs, log)
+    finally:
+        lock.close()
+
+
+def _run_study(preset: Preset, out: str, jobs: int, log) -> dict:
     from .train.checkpoints import atomic_json
 
-    os.makedirs(out, exist_ok=True)
     grid = Grid(preset, out)
     prepare_data(grid)
     results = _read_results(grid.runs({}))
@@ -438,6 +472,10 @@ def run_study(preset: Preset, out: str, jobs: int = 2, log=sys.stderr) -> dict:
         while True:
             for r in grid.runs(results):
                 if r.directory in results or r.directory in running or len(running) >= jobs:
+                    continue
+                ended = _read_results([r])  # named only now (its sweep just ended), but run before
+                if ended:
+                    results.update(ended)
                     continue
                 os.makedirs(r.directory, exist_ok=True)
                 atomic_json(os.path.join(r.directory, "study_run.json"), _identity(r))

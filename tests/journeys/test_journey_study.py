@@ -144,3 +144,14 @@ def test_docstring_topics_are_real_labelled_texts_split_once(tmp_path):
     assert 0.15 < len(read[val]) / len(rows) < 0.25
     assert len({r["label"] for r in read[val][:50]}) >= 6  # the files mix the topics
     assert docstring_topics() == rows  # deterministic
+
+
+def test_two_studies_may_not_share_a_directory(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    with open(out / "study.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["--preset", "smoke", "--output-dir", str(out)]) == 2
+    assert "another hydra-ssm study is running in" in capsys.readouterr().err
