@@ -91,6 +91,12 @@ def test_a_run_directory_with_other_settings_is_refused(smoke, tmp_path, capsys)
                      "--results", str(tmp_path / "x.md")]) == 2
         err = capsys.readouterr().err
         assert "trained with other settings" in err and os.path.dirname(victim) in err
+        # a run recorded before a TrainConfig field existed (the field at its default) is the same run
+        older = json.loads(original)
+        del older["config"]["mixer_init"]
+        open(victim, "w").write(json.dumps(older))
+        assert main(["--preset", "smoke", "--output-dir", out, "--report-only",
+                     "--results", str(tmp_path / "y.md")]) == 0
     finally:
         open(victim, "w").write(original)
 

@@ -30,6 +30,7 @@ from ..mixers import SequenceMixer, available_mixers, build_mixer, get_mixer_cla
 from ..mixers.registry import accepted_options
 
 POOLING_MODES = ("cls", "mean")
+MIXER_INITS = ("bert", "own")  # the init of the mixers' Linear layers: the model's normal one, or their own
 
 # Names PretrainedConfig itself handles; any other unknown keyword becomes a plain attribute.
 _BASE_FIELDS = (frozenset(inspect.signature(PretrainedConfig.__init__).parameters) | frozenset(dir(PretrainedConfig))
@@ -71,6 +72,10 @@ class HydraConfig(PretrainedConfig):
         attention_probs_dropout_prob (float): passed to mixers as ``dropout`` (attention dropout of "mha").
         classifier_dropout (float or None): dropout before classifiers; defaults to hidden_dropout_prob.
         initializer_range (float): std of the normal init of Linear and Embedding weights.
+        mixer_init ("bert" | "own"): "bert" (default) gives the mixers' Linear layers
+            (projections) the same normal init as every other Linear, as the reference
+            does; "own" leaves them the init they were built with (PyTorch's default,
+            uniform in +-1/sqrt(fan_in), as mamba_ssm's models keep).
 
     Mixer options (each passed to the mixers whose constructor takes it):
         d_state, d_conv, expand, headdim, ngroups, chunk_size: Hydra / SSM options.
@@ -137,6 +142,7 @@ class HydraConfig(PretrainedConfig):
         block_norm_eps: float = 1e-5,
         initializer_range: float = 0.02,
         pooling: str = "cls",
+        mixer_init: str = "bert",
         image_size: int = 224,
         patch_size: int = 16,
         num_channels: int = 3,
@@ -173,6 +179,7 @@ class HydraConfig(PretrainedConfig):
         self.block_norm_eps = block_norm_eps
         self.initializer_range = initializer_range
         self.pooling = pooling
+        self.mixer_init = mixer_init
         self.image_size = image_size
         self.patch_size = patch_size
         self.num_channels = num_channels
@@ -211,6 +218,7 @@ class HydraConfig(PretrainedConfig):
         if self.is_data_dependent not in (True, False, None):
             raise ValueError(f"HydraConfig.is_data_dependent must be True, False or None, got {self.is_data_dependent!r}")
         check_choice("HydraConfig.pooling", self.pooling, POOLING_MODES)
+        check_choice("HydraConfig.mixer_init", self.mixer_init, MIXER_INITS)
         if self.image_size % self.patch_size != 0:
             raise ValueError(f"HydraConfig.image_size ({self.image_size}) must be divisible by patch_size ({self.patch_size})")
         mpe = self.max_position_embeddings

@@ -44,7 +44,7 @@ from transformers.utils import logging
 
 from .._checks import (check_index_range, check_index_tensor, check_mask, check_sequence_input, reads_without_sync,
                        tracing, value_checks_enabled)
-from ..mixers import build_mixer
+from ..mixers import SequenceMixer, build_mixer
 from ..ops._shapes import check_cu_seqlens
 from ..mixers.context_parallel import check_group, shard_layout
 from .configuration_hydra import HydraConfig, HydraVisionConfig
@@ -363,11 +363,23 @@ class HydraPreTrainedModel(PreTrainedModel):
             raise OSError(f"the safetensors weights in {pretrained_model_name_or_path} are not readable "
                           f"(truncated or corrupted file?): {err}") from err
 
+    def post_init(self):
+        if self.config.mixer_init == "own":  # the mixers' projections keep the init they were built with
+            for mixer in self.modules():
+                if isinstance(mixer, SequenceMixer):
+                    for layer in mixer.modules():
+                        if isinstance(layer, nn.Linear):
+                            layer._keeps_own_init = True
+        super().post_init()
+
     @torch.no_grad()
     def _init_weights(self, module):
         """BERT's init for Linear, Embedding and LayerNorm (mixer projections included, as in the
-        reference); mixer-specific parameters (conv, dt bias, A, D, ...) keep the mixer's own init."""
+        reference, unless ``config.mixer_init == "own"``); mixer-specific parameters (conv, dt bias,
+        A, D, ...) keep the mixer's own init."""
         std = self.config.initializer_range
+        if isinstance(module, nn.Linear) and getattr(module, "_keeps_own_init", False):
+            return
         if isinstance(module, nn.Linear):
             _init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:

@@ -106,6 +106,9 @@ class TrainConfig:
     dropout: float = _f(0.0, "dropout on embeddings, MLPs and classifier inputs")
     patch_size: int = _f(2, "image: patch size")
     pooling: str = _f("cls", "classification pooling: cls or mean", choices=("cls", "mean"))
+    mixer_init: str = _f("bert", "init of the mixers' Linear layers: bert (the normal init of every other Linear, "
+                                 "std 0.02, as the reference) or own (the layers' own init, PyTorch's default, as "
+                                 "mamba_ssm's models keep)", choices=("bert", "own"))
     # ---------------------------------------------------------------- optimisation
     steps: int = _f(200, "optimizer steps per run")
     batch_size: int = _f(16, "global batch size (split over processes under torchrun)")

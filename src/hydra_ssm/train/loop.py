@@ -122,7 +122,7 @@ def model_config(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size
               chunk_size=min(cfg.chunk_size, task.seq_len), num_attention_heads=cfg.num_heads,
               intermediate_size=intermediate_size, is_prenorm=cfg.prenorm, use_position_embeddings=pos,
               max_position_embeddings=task.seq_len, type_vocab_size=0, hidden_dropout_prob=cfg.dropout,
-              pooling=cfg.pooling, num_labels=max(task.num_labels, 2), pad_token_id=0,
+              pooling=cfg.pooling, mixer_init=cfg.mixer_init, num_labels=max(task.num_labels, 2), pad_token_id=0,
               mixer_options=options_for(cfg.mixer_options, mixer))
     if task.kind == "image":
         kw.update(image_size=task.image_size, patch_size=cfg.patch_size, num_channels=task.num_channels)

@@ -131,10 +131,35 @@ def _describe(td) -> str:
         f" (validation: {td.info['validation']})" if td.info.get("validation") else "")
 
 
+#: a model whose validation accuracy rose by more than this over the last quarter of its steps was still learning
+STILL_LEARNING = 0.01
+
+
+def late_gain(evals: list[tuple[int, float]]) -> float | None:
+    """Validation accuracy gained over the last quarter of the steps, from (step, accuracy) evaluations in step
+    order: the last one minus the last one at or before 75% of the last step (None with fewer than two)."""
+    if len(evals) < 2:
+        return None
+    last = evals[-1][0]
+    before = [acc for step, acc in evals if step <= 0.75 * last]
+    return evals[-1][1] - (before[-1] if before else evals[0][1])
+
+
+def run_late_gain(run_dir: str) -> float | None:
+    """:func:`late_gain` of a run directory's metrics.jsonl (None if it has none)."""
+    try:
+        evals = read_metrics(run_dir)[1]
+    except OSError:
+        return None
+    return late_gain([(e["step"], e["eval_accuracy"]) for e in evals])
+
+
 def table(results: list[dict]) -> str:
-    head = ["task", "mixer", "params", "steps", "val acc", "val loss", "tokens/s", "wall s"]
+    head = ["task", "mixer", "params", "steps", "val acc", "late gain", "val loss", "tokens/s", "wall s"]
+    gains = [run_late_gain(r["run_dir"]) if "run_dir" in r else None for r in results]
     rows = [[r["task"], r["mixer"], f"{r['params']:,}", str(r["steps"]), f"{r['val_accuracy']:.4f}",
-             f"{r['val_loss']:.4f}", f"{r['tokens_per_s']:,.0f}", f"{r['wall_s']:.1f}"] for r in results]
+             "-" if g is None else f"{g:+.4f}", f"{r['val_loss']:.4f}", f"{r['tokens_per_s']:,.0f}",
+             f"{r['wall_s']:.1f}"] for r, g in zip(results, gains)]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.rjust(w) if i > 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"  # noqa: E731
     sep = "| " + " | ".join(("-" * w if i < 2 else "-" * (w - 1) + ":") for i, w in enumerate(widths)) + " |"
@@ -147,8 +172,10 @@ def report(cfg: TrainConfig, results: list[dict], total_s: float, device="cpu") 
     text = table(results)
     machine = machine_description(device)
     budget = f"same budget per run: {cfg.steps} steps x batch {cfg.batch_size}; seed {cfg.seed}"
-    print("\n" + text + f"\n\n{budget}; total {total_s:.0f}s ({machine})")
-    md = f"# hydra-ssm results\n\n{text}\n\n{budget}. Total wall time {total_s:.0f}s.\n\nMachine: {machine}.\n"
+    meaning = reading(results)
+    print("\n" + text + f"\n\n{budget}; total {total_s:.0f}s ({machine})\n{meaning}")
+    md = (f"# hydra-ssm results\n\n{text}\n\n{budget}. Total wall time {total_s:.0f}s.\n\n{meaning}\n\n"
+          f"Machine: {machine}.\n")
     atomic_write(os.path.join(cfg.output_dir, "results.md"), lambda fh: fh.write(md))
     atomic_json(os.path.join(cfg.output_dir, "results.json"),
                {"results": results, "total_wall_s": total_s, "machine": machine, "config": cfg.to_dict()})
@@ -159,6 +186,17 @@ def report(cfg: TrainConfig, results: list[dict], total_s: float, device="cpu") 
         except ImportError:
             print("matplotlib is not installed: no plot (pip install 'hydra-ssm[train]')", file=sys.stderr)
     print(f"results: {os.path.join(cfg.output_dir, 'results.md')} and results.json")
+
+
+def reading(results: list[dict]) -> str:
+    """What the table's accuracies mean: which models were still learning when the budget ended."""
+    rising = [r["mixer"] for r in results if (run_late_gain(r["run_dir"]) or 0.0) > STILL_LEARNING] \
+        if all("run_dir" in r for r in results) else []
+    what = ("late gain: validation accuracy gained over the last quarter of the steps. "
+            + (f"Still learning when the budget ended (late gain > {STILL_LEARNING}): {', '.join(rising)}; the "
+               f"accuracies compare how far each model got in {results[0]['steps']} steps, not where it would end."
+               if rising else "Every curve had flattened (late gain <= 0.01)."))
+    return what + " The matrix-mixer study (docs/results.md) compares mixers with longer runs, rates and seeds."
 
 
 def read_metrics(run_dir: str) -> tuple[list[dict], list[dict]]:
