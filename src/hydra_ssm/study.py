@@ -48,7 +48,9 @@ class Arm:
     name: str  # the label in tables and the run directory's name
     mixer: str  # registry name
     options: dict = field(default_factory=dict)  # mixer options, e.g. {"is_data_dependent": False}
-    overrides: dict = field(default_factory=dict)  # TrainConfig fields, e.g. {"num_layers": 4}
+    overrides: dict = field(default_factory=dict)  # TrainConfig fields, e.g. {"pooling": "mean"}
+    depth_factor: int = 1  # blocks: this many times the preset's num_layers
+    mlp_factor: int = 0  # MLP width: this many times the preset's hidden_size (0: the base's, or matched)
     match_params: bool = True  # MLP width matched to the section's reference arm
     matrix_class: str = ""  # the family section's pairing: the structured class ...
     form: str = ""  # ... and its form, "DI" or "SAM"
@@ -109,7 +111,7 @@ class Run:
 
 # ---------------------------------------------------------------------------------------------- presets
 
-def _family_arms(include_attention_sam: bool = True) -> tuple:
+def _family_arms() -> tuple:
     """The matrix classes of the paper in both forms (DI: a learned matrix; SAM: computed from the tokens)."""
     arms = []
     for mixer, title, forms in (("dense", "dense", ("DI",)), ("toeplitz", "Toeplitz", ("DI", "SAM")),
@@ -118,12 +120,11 @@ def _family_arms(include_attention_sam: bool = True) -> tuple:
                                 ("semiseparable", "semiseparable", ("DI", "SAM")),
                                 ("quasiseparable", "quasiseparable", ("DI", "SAM"))):
         for form in forms:
-            if form == "SAM" and mixer == "attention" and not include_attention_sam:
-                continue
             options = {} if mixer == "dense" else {"is_data_dependent": form == "SAM"}
             arms.append(Arm(f"{mixer}-{form.lower()}", mixer, options, matrix_class=title, form=form))
     arms.append(Arm("hydra", "hydra", matrix_class="quasiseparable (Hydra layer)", form="SAM",
-                    note="the Hydra layer: quasiseparable SAM with shared B, C, shift and per-token diagonal"))
+                    note="the Hydra layer: quasiseparable SAM, each direction its own B and C, shift, per-token "
+                         "diagonal"))
     return tuple(arms)
 
 
@@ -131,9 +132,9 @@ def _drop_in_arms() -> tuple:
     return (
         Arm("hydra", "hydra", note="mixer-only blocks, the base depth (the reference)"),
         Arm("mha", "mha", note="attention blocks with an MLP matched to Hydra's parameter count, same depth"),
-        Arm("hydra-2x-depth", "hydra", overrides={"num_layers_scale": 2}, match_params=False,
+        Arm("hydra-2x-depth", "hydra", depth_factor=2, match_params=False,
             note="the paper's recipe: mixer-only Hydra blocks at twice the depth ..."),
-        Arm("mha-mlp4", "mha", overrides={"intermediate_size_scale": 4}, match_params=False,
+        Arm("mha-mlp4", "mha", mlp_factor=4, match_params=False,
             note="... against attention blocks with an MLP 4x the width (BERT/ViT blocks) at the base depth"),
     )
 
@@ -231,11 +232,11 @@ PRESETS = _presets()
 
 def _arm_fields(preset: Preset, arm: Arm) -> dict:
     """The TrainConfig fields an arm sets: its overrides, with depth and MLP width scaled from the base."""
-    out = {k: v for k, v in arm.overrides.items() if not k.endswith("_scale")}
-    if "num_layers_scale" in arm.overrides:
-        out["num_layers"] = preset.base["num_layers"] * arm.overrides["num_layers_scale"]
-    if "intermediate_size_scale" in arm.overrides:
-        out["intermediate_size"] = preset.base["hidden_size"] * arm.overrides["intermediate_size_scale"]
+    out = dict(arm.overrides)
+    if arm.depth_factor != 1:
+        out["num_layers"] = preset.base["num_layers"] * arm.depth_factor
+    if arm.mlp_factor:
+        out["intermediate_size"] = preset.base["hidden_size"] * arm.mlp_factor
     return out
 
 
@@ -642,52 +643,85 @@ def _md_table(head: list, rows: list, left: tuple = (0,)) -> str:
     return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
 
 
-def verdicts(preset: Preset, rows: list) -> list:
-    """Sentences on the paper's three claims and the ablations, computed from the rows."""
-    out = []
+def _outcome(diff: float, noise: float) -> str:
+    """Whether a difference in the direction the paper reports (``diff`` > 0) reproduces it at this scale."""
+    if diff > noise:
+        return "reproduced"
+    if -diff > noise:
+        return "not reproduced"
+    return "can't tell at this scale (within noise)"
+
+
+def family_pairs(preset: Preset, rows: list) -> list:
+    """(task, class, DI row, SAM row) of every class of the family section that has both forms."""
     fam = next((s for s in preset.sections if s.name == "family"), None)
-    if fam:
-        pairs = []
-        for task in fam.tasks:
-            for cls in dict.fromkeys(a.matrix_class for a in fam.arms):
-                di = next((r for r in rows if r.section == "family" and r.task == task and r.arm.matrix_class == cls
-                           and r.arm.form == "DI"), None)
-                sam = next((r for r in rows if r.section == "family" and r.task == task and r.arm.matrix_class == cls
-                            and r.arm.form == "SAM"), None)
-                if di and sam and di.mean is not None and sam.mean is not None:
-                    pairs.append((task, cls, sam.mean - di.mean, max(sam.std or 0, di.std or 0)))
-        if pairs:
-            wins = sum(d > 0 for *_, d, _ in pairs)
-            clear = sum(d > n for *_, d, n in pairs)
-            clear_losses = sum(-d > n for *_, d, n in pairs)
-            out.append(f"**Claim 1, SAM beats DI:** the data-dependent form scored higher in {wins} of {len(pairs)} "
-                       f"(class, task) pairs; by more than the larger standard deviation in {clear}, and lower by "
-                       f"more than it in {clear_losses}.")
-        for task in fam.tasks:
-            ranked = sorted((r for r in rows if r.section == "family" and r.task == task and r.mean is not None),
-                            key=lambda r: -r.mean)
-            if ranked:
-                place = {r.arm.name: i + 1 for i, r in enumerate(ranked)}
-                top = ", ".join(f"{r.arm.name} {r.mean:.3f}" for r in ranked[:3])
-                out.append(f"**Claim 2, quasiseparable is best ({task}):** of {len(ranked)} arms, the Hydra layer "
-                           f"ranks {place.get('hydra', 'n/a')} and the quasiseparable SAM mixer "
-                           f"{place.get('quasiseparable-sam', 'n/a')}; the top three: {top}.")
-    if any(s.name == "drop-in" for s in preset.sections):
-        sec = next(s for s in preset.sections if s.name == "drop-in")
-        for task in sec.tasks:
-            same = _diff(_find(rows, "drop-in", task, "hydra"), _find(rows, "drop-in", task, "mha"))
-            paper = _diff(_find(rows, "drop-in", task, "hydra-2x-depth"), _find(rows, "drop-in", task, "mha-mlp4"))
-            out.append(f"**Claim 3, Hydra replaces attention ({task}):** Hydra minus attention, same depth and "
-                       f"parameters: {same}; the paper's recipe (Hydra at twice the depth against attention + MLP): "
-                       f"{paper}.")
-    for name, what in (("ablations", "Ablations"), ("recipe", "Recipe")):
-        sec = next((s for s in preset.sections if s.name == name), None)
-        if sec is None:
+    pairs = []
+    for task in fam.tasks if fam else ():
+        for cls in dict.fromkeys(a.matrix_class for a in fam.arms):
+            form = {r.arm.form: r for r in rows if r.section == "family" and r.task == task
+                    and r.arm.matrix_class == cls}
+            if "DI" in form and "SAM" in form:
+                pairs.append((task, cls, form["DI"], form["SAM"]))
+    return pairs
+
+
+def verdicts(preset: Preset, rows: list) -> list:
+    """Sentences on the paper's three claims, the ablations and the recipe, computed from the rows, each claim
+    judged against the paper: reproduced, not reproduced, or can't tell at this scale."""
+    out = []
+    pairs = [(t, c, sam.mean - di.mean, max(sam.std or 0, di.std or 0)) for t, c, di, sam in
+             family_pairs(preset, rows) if di.mean is not None and sam.mean is not None]
+    if pairs:
+        wins = sum(d > 0 for *_, d, _ in pairs)
+        clear = sum(d > n for *_, d, n in pairs)
+        losses = sum(-d > n for *_, d, n in pairs)
+        outcome = ("reproduced" if clear * 2 >= len(pairs) and not losses else
+                   "not reproduced" if losses * 2 >= len(pairs) else "can't tell at this scale")
+        out.append(f"**Claim 1, SAM beats DI: {outcome}.** The data-dependent form scored higher in {wins} of "
+                   f"{len(pairs)} (class, task) pairs; by more than the larger standard deviation in {clear}, and "
+                   f"lower by more than it in {losses}.")
+    fam = next((s for s in preset.sections if s.name == "family"), None)
+    for task in fam.tasks if fam else ():
+        ranked = sorted((r for r in rows if r.section == "family" and r.task == task and r.mean is not None),
+                        key=lambda r: -r.mean)
+        ours = [r for r in ranked if r.arm.name in ("hydra", "quasiseparable-sam")]
+        if not ranked or not ours:
             continue
-        for task in sec.tasks:
-            parts = [f"{a.name} {_diff(_find(rows, name, task, a.name), _find(rows, name, task, sec.reference))}"
-                     for a in sec.arms if a.name != sec.reference]
-            out.append(f"**{what} ({task}), each minus {sec.reference}:** " + "; ".join(parts) + ".")
+        place = {r.arm.name: i + 1 for i, r in enumerate(ranked)}
+        top, best_ours = ranked[0], ours[0]
+        outcome = "reproduced" if best_ours is top else _outcome(best_ours.mean - top.mean,
+                                                                 max(best_ours.std or 0, top.std or 0))
+        out.append(f"**Claim 2, quasiseparable is the best class ({task}): {outcome}.** Of {len(ranked)} arms, the "
+                   f"Hydra layer ranks {place.get('hydra', 'n/a')} and the quasiseparable SAM mixer "
+                   f"{place.get('quasiseparable-sam', 'n/a')}; the top three: "
+                   + ", ".join(f"{r.arm.name} {r.mean:.3f}" for r in ranked[:3]) + ".")
+    sec = next((s for s in preset.sections if s.name == "drop-in"), None)
+    for task in sec.tasks if sec else ():
+        parts = []
+        for label, a, b in (("same depth, parameters matched", "hydra", "mha"),
+                            ("the paper's recipe, Hydra at twice the depth against attention + MLP",
+                             "hydra-2x-depth", "mha-mlp4")):
+            x, y = _find(rows, "drop-in", task, a), _find(rows, "drop-in", task, b)
+            if x and y and x.mean is not None and y.mean is not None:
+                parts.append(f"{label}: Hydra minus attention {x.mean - y.mean:+.3f}, "
+                             f"{_outcome(x.mean - y.mean, max(x.std or 0, y.std or 0))}")
+        if parts:
+            out.append(f"**Claim 3, Hydra replaces attention ({task}).** " + "; ".join(parts) + ".")
+    for name, what in (("ablations", "Ablations (the paper: each part helps)"), ("recipe", "Recipe checks")):
+        sec = next((s for s in preset.sections if s.name == name), None)
+        for task in sec.tasks if sec else ():
+            ref = _find(rows, name, task, sec.reference)
+            parts = []
+            for arm in sec.arms:
+                row = _find(rows, name, task, arm.name)
+                if arm.name == sec.reference or not (row and ref and row.mean is not None and ref.mean is not None):
+                    continue
+                d, noise = row.mean - ref.mean, max(row.std or 0, ref.std or 0)
+                judged = f", {_outcome(-d, noise)}" if name == "ablations" else \
+                    f" ({'within noise' if abs(d) <= noise else 'better' if d > 0 else 'worse'})"
+                parts.append(f"{arm.name} {d:+.3f}{judged}")
+            if parts:
+                out.append(f"**{what}, {task}, each minus {sec.reference}:** " + "; ".join(parts) + ".")
     return out
 
 
@@ -742,6 +776,11 @@ def report(preset: Preset, out: str, results_path: str, command: str, wall_s: fl
             what = "; ".join(x for x in (f"{arm.form} form" if arm.form else "", size, arm.note) if x)
             body.append([arm.name, *cells, what])
         lines.append(_md_table(head, body, left=(0, -1)))
+        if section.name == "family":
+            lines += ["", "The same classes paired, SAM minus DI:", "",
+                      _md_table(["class", "task", "DI", "SAM", "SAM - DI"],
+                                [[cls, task, di.cell(), sam.cell(), _diff(sam, di)]
+                                 for task, cls, di, sam in family_pairs(preset, rows)], left=(0, 1))]
         if section.name in figures:
             lines += ["", f"![{section.title}](img/{os.path.basename(figures[section.name])})"]
         lines += ["", "<details><summary>Per run: parameters, rates, seeds, speed</summary>", "",
@@ -802,7 +841,8 @@ def plot_study(preset: Preset, rows: list, fig_dir: str) -> dict:
                     ax.plot([s for s, _ in r.curve], [a for _, a in r.curve], "o-", ms=2, label=arm.name)
             ax.set(title=task, xlabel="step", ylabel="validation accuracy (mean over seeds)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.lines:
+                ax.legend(fontsize=7)
         fig.tight_layout()
         paths["curves"] = os.path.join(fig_dir, f"study-{preset.name}-curves.png")
         fig.savefig(paths["curves"], dpi=100)
