@@ -540,7 +540,7 @@ class Row:
     section: str
     task: str
     arm: Arm
-    sweep: dict  # rate -> validation accuracy at seed 0 (None: diverged)
+    sweep: dict  # rate -> validation accuracy at seed 0, "diverged", or None while the run has not ended
     lr: float | None  # the picked rate (None while the sweep runs)
     accuracies: list  # the seeds' validation accuracies at the picked rate (ended, not diverged)
     diverged: int  # seeds at the picked rate that diverged
@@ -597,8 +597,8 @@ def collect(preset: Preset, out: str) -> list:
                           if r.directory in results and "failed" not in results[r.directory]]
                 rows.append(Row(
                     section.name, task.name, arm,
-                    {r.lr: (results[r.directory]["val_accuracy"] if r.directory in results
-                            and "failed" not in results[r.directory] else None) for r in sweep},
+                    {r.lr: (None if r.directory not in results else "diverged" if "failed" in results[r.directory]
+                            else results[r.directory]["val_accuracy"]) for r in sweep},
                     best.lr if best else None, [res["val_accuracy"] for res in good],
                     sum("failed" in res for res in ended), good[0]["params"] if good else None,
                     statistics.fmean(res["tokens_per_s"] for res in good) if good else None,
@@ -757,6 +757,8 @@ def report(preset: Preset, out: str, results_path: str, command: str, wall_s: fl
              "- Parameters are matched within a section: an arm marked 'matched' has the MLP width that brings its "
              "count closest to the section's reference; the others keep their own sizes. The detail tables print "
              "every count.",
+             "- A picked rate marked '(edge)' is the lowest or highest of the sweep: a rate beyond it might have "
+             "done better.",
              "- 'late gain' is the validation accuracy gained over the last quarter of the steps (mean over seeds): "
              "near 0, the curve is flat at the end; large, the budget ended while the model was still learning.",
              "- 'better'/'worse' below mean a difference larger than the larger of the two standard deviations; "
@@ -794,9 +796,10 @@ def report(preset: Preset, out: str, results_path: str, command: str, wall_s: fl
                   _md_table(["task", "arm", "params", "sweep (rate: acc at seed 0)", "picked", "seeds' acc",
                              "late gain", "tokens/s", "wall s"],
                             [[r.task, r.arm.name, f"{r.params:,}" if r.params else "-",
-                              ", ".join(f"{lr:g}: {'diverged' if a is None else f'{a:.3f}'}"
+                              ", ".join(f"{lr:g}: {'-' if a is None else a if isinstance(a, str) else f'{a:.3f}'}"
                                         for lr, a in sorted(r.sweep.items())),
-                              f"{r.lr:g}" if r.lr else "-", ", ".join(f"{a:.3f}" for a in r.accuracies),
+                              (f"{r.lr:g}" + (" (edge)" if len(r.sweep) > 1 and r.lr in (min(r.sweep), max(r.sweep))
+                                              else "")) if r.lr else "-", ", ".join(f"{a:.3f}" for a in r.accuracies),
                               f"{r.late_gain:+.3f}" if r.late_gain is not None else "-",
                               f"{r.tokens_per_s:,.0f}" if r.tokens_per_s else "-", f"{r.wall_s:.0f}"]
                              for r in srows], left=(0, 1, 3)), "", "</details>"]
