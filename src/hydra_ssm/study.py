@@ -222,10 +222,8 @@ def _presets() -> dict:
                     ("pixels",), _recipe_arms(), "hydra"),
             Section("family", "Matrix classes, DI and SAM",
                     "Does the data-dependent (SAM) form beat the data-independent (DI) one, and which structured "
-                    "class is best? (On docs, four classes in both forms and the Hydra layer: the budget.)",
-                    ("digits", "docs"), _family_arms(), "hydra",
-                    only={"docs": ("toeplitz-di", "toeplitz-sam", "low_rank-di", "low_rank-sam", "attention-di",
-                                   "attention-sam", "quasiseparable-di", "quasiseparable-sam", "hydra")}),
+                    "class is best? (On digits only: the budget of one session on 2 cores.)",
+                    ("digits",), _family_arms(), "hydra"),
         ),
         lrs=(1e-3, 3e-3, 1e-2), seeds=3)
     return {p.name: p for p in (smoke, paper_small)}
