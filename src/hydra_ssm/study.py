@@ -77,11 +77,6 @@ class Section:
     tasks: tuple
     arms: tuple
     reference: str  # the arm whose parameter count the others match
-    only: dict = field(default_factory=dict)  # task -> the names of the arms that run it (default: every arm)
-
-    def arms_for(self, task: str) -> tuple:
-        """The arms that run ``task``."""
-        return tuple(a for a in self.arms if task not in self.only or a.name in self.only[task])
 
 
 @dataclass(frozen=True)
@@ -299,7 +294,7 @@ class Grid:
         for section in self.preset.sections:
             for task_name in section.tasks:
                 task = self.preset.task(task_name)
-                for arm in section.arms_for(task_name):
+                for arm in section.arms:
                     pretrained = None
                     if task.pretrain:
                         pre = self.sweep_then_seeds(section, task, arm, None, results, pretraining=True)
@@ -581,7 +576,7 @@ def collect(preset: Preset, out: str) -> list:
     for section in preset.sections:
         for task_name in section.tasks:
             task = preset.task(task_name)
-            for arm in section.arms_for(task_name):
+            for arm in section.arms:
                 mine = [r for r in runs if r.arm.name == arm.name and r.task == task.name]
                 pre = [r for r in runs if r.arm.name == arm.name and r.task == f"{task.name}-pretrain"]
                 if task.pretrain:  # fine-tuning runs start from this section's arm pretrained
@@ -661,7 +656,7 @@ def family_pairs(preset: Preset, rows: list) -> list:
     fam = next((s for s in preset.sections if s.name == "family"), None)
     pairs = []
     for task in fam.tasks if fam else ():
-        for cls in dict.fromkeys(a.matrix_class for a in fam.arms_for(task)):
+        for cls in dict.fromkeys(a.matrix_class for a in fam.arms):
             form = {r.arm.form: r for r in rows if r.section == "family" and r.task == task
                     and r.arm.matrix_class == cls}
             if "DI" in form and "SAM" in form:
@@ -716,7 +711,7 @@ def verdicts(preset: Preset, rows: list) -> list:
         for task in sec.tasks if sec else ():
             ref = _find(rows, name, task, sec.reference)
             parts = []
-            for arm in sec.arms_for(task):
+            for arm in sec.arms:
                 row = _find(rows, name, task, arm.name)
                 if arm.name == sec.reference or not (row and ref and row.mean is not None and ref.mean is not None):
                     continue
@@ -777,8 +772,7 @@ def report(preset: Preset, out: str, results_path: str, command: str, wall_s: fl
         body = []
         for arm in section.arms:
             cells = [(_find(srows, section.name, t, arm.name) or Row(section.name, t, arm, {}, None, [], 0, None,
-                                                                    None, 0, None, [])).cell()
-                     if arm in section.arms_for(t) else "not run" for t in section.tasks]
+                                                                    None, 0, None, [])).cell() for t in section.tasks]
             size = "reference" if arm.name == section.reference else ("matched" if arm.match_params else "own sizes")
             what = "; ".join(x for x in (f"{arm.form} form" if arm.form else "", size, arm.note) if x)
             body.append([arm.name, *cells, what])
@@ -843,7 +837,7 @@ def plot_study(preset: Preset, rows: list, fig_dir: str) -> dict:
     if sec is not None:
         fig, axes = plt.subplots(1, len(sec.tasks), figsize=(4.2 * len(sec.tasks), 3.4), squeeze=False)
         for ax, task in zip(axes[0], sec.tasks):
-            for arm in sec.arms_for(task):
+            for arm in sec.arms:
                 r = _find(rows, sec.name, task, arm.name)
                 if r and r.curve:
                     ax.plot([s for s, _ in r.curve], [a for _, a in r.curve], "o-", ms=2, label=arm.name)
