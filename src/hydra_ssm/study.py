@@ -706,6 +706,17 @@ def verdicts(preset: Preset, rows: list) -> list:
                              f"{_outcome(x.mean - y.mean, max(x.std or 0, y.std or 0))}")
         if parts:
             out.append(f"**Claim 3, Hydra replaces attention ({task}).** " + "; ".join(parts) + ".")
+    losses = []
+    for section in preset.sections:
+        for task in section.tasks:
+            ref = _find(rows, section.name, task, section.reference)
+            if ref is None or ref.mean is None or section.reference != "hydra":
+                continue
+            better = [r for r in rows if r.section == section.name and r.task == task and r.mean is not None
+                      and r.arm.mixer != "hydra" and r.mean - ref.mean > max(r.std or 0, ref.std or 0)]
+            losses += [f"{r.arm.name} on {task} ({r.mean:.3f} against {ref.mean:.3f})" for r in better]
+    out.append("**Where Hydra loses** (another mixer ahead of the Hydra layer by more than the noise): "
+               + ("; ".join(dict.fromkeys(losses)) if losses else "nowhere in this grid") + ".")
     for name, what in (("ablations", "Ablations (the paper: each part helps)"), ("recipe", "Recipe checks")):
         sec = next((s for s in preset.sections if s.name == name), None)
         for task in sec.tasks if sec else ():
