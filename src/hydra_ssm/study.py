@@ -157,8 +157,6 @@ def _ablation_arms() -> tuple:
 def _recipe_arms() -> tuple:
     return (
         Arm("hydra", "hydra", note="the default recipe (the reference)"),
-        Arm("hydra-no-decay", "hydra", overrides={"weight_decay": 0.0}, match_params=False,
-            note="no weight decay at all (the default decays every matrix: conv weights included)"),
         Arm("hydra-own-init", "hydra", overrides={"mixer_init": "own"}, match_params=False,
             note="the mixers' projections keep PyTorch's default init (as mamba_ssm) instead of BERT's std 0.02"),
         Arm("hydra-mean-pool", "hydra", overrides={"pooling": "mean"}, match_params=False,
