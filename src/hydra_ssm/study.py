@@ -740,12 +740,14 @@ def report(preset: Preset, out: str, results_path: str, command: str, wall_s: fl
 
     rows = collect(preset, out)
     base = TrainConfig(**{**TrainConfig().to_dict(), **preset.base})
-    runs_ended = len(_read_results(_closure(Grid(preset, out), {})))
+    ended = _read_results(_closure(Grid(preset, out), {}))
+    runs_ended = len(ended)
+    train_hours = sum(r.get("wall_s", 0) for r in ended.values()) / 3600
     lines = [f"# The matrix-mixer study: preset `{preset.name}`", "",
-             f"{preset.description}.", "",
+             f"{preset.description[:1].upper()}{preset.description[1:]}.", "",
              f"Command: `{command}`", "",
              f"Machine: {machine_description('cpu').replace(f'{torch_threads()} torch threads', 'one torch thread per run')}"
-             f". {runs_ended} runs ended" + (f"; the last invocation took {wall_s / 60:.1f} minutes" if wall_s else "")
+             f". {runs_ended} runs ended, {train_hours:.1f} hours of training in all (one thread each)" + (f"; the last invocation took {wall_s / 60:.1f} minutes" if wall_s else "")
              + ".", "",
              "## How to read it", "",
              f"- Every model: width {base.hidden_size}, {base.num_layers} blocks unless an arm says otherwise, "
