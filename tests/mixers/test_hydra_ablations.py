@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 
 from hydra_ssm import Hydra
 from hydra_ssm.ops import semiseparable_matrix
-
-TINY = dict(d_model=16, d_state=4, d_conv=3, headdim=8, expand=2, chunk_size=4)
+from test_hydra import TINY, make  # the tiny layer, moved away from its symmetric init
 DEFAULTS = dict(shift=True, per_token_diagonal=True, combine="add", shared_bc=False)
 VARIANTS = [
     {},
@@ -24,16 +23,6 @@ TWO_SCANS = [dict(shift=False), dict(combine="concat"), dict(shift=False, combin
 # today's parameters of the default layer, in order
 DEFAULT_KEYS = ["dt_bias", "A_log", "D", "in_proj.weight", "conv1d.weight", "conv1d.bias", "fc_D.weight",
                 "norm.weight", "out_proj.weight"]
-
-
-def make(seed=0, dtype=torch.float64, **kw):
-    torch.manual_seed(seed)
-    m = Hydra(**{**TINY, **kw}).to(dtype)
-    with torch.no_grad():  # move away from the symmetric init so every term matters
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn_like(p))
-        m.dt_bias.add_(1.0)
-    return m
 
 
 def reference_forward(m: Hydra, u: torch.Tensor) -> torch.Tensor:
