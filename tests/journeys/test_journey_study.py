@@ -44,8 +44,9 @@ def test_smoke_study_writes_every_run_and_the_report(smoke):
     for r in runs:
         assert os.path.isfile(os.path.join(out, r, "result.json")), r
     text = open(results).read()
-    for needle in ("## What the study found", "**Claim 1, SAM beats DI:**", "**Claim 3, Hydra replaces attention "
-                   "(docs):**", "| toeplitz-di |", "| mha-mlp4 |", "hydra-ssm study --preset smoke"):
+    for needle in ("## What the study found", "**Claim 1, SAM beats DI: ", "**Claim 3, Hydra replaces attention "
+                   "(docs).**", "**Where Hydra loses**", "| toeplitz-di |", "| mha-mlp4 |", "| hydra-no-shift |",
+                   "SAM minus DI", "hydra-ssm study --preset smoke"):
         assert needle in text, needle
     for name in ("study-smoke-family.png", "study-smoke-drop-in.png", "study-smoke-curves.png"):
         path = os.path.join(os.path.dirname(results), "img", name)
