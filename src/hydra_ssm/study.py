@@ -556,17 +556,10 @@ class Row:
         return text + (f" ({self.diverged} diverged)" if self.diverged else "")
 
 
-def _evals(directory: str) -> list:
-    from .train.runner import read_metrics
-
-    try:
-        return read_metrics(directory)[1]
-    except OSError:
-        return []
-
-
 def collect(preset: Preset, out: str) -> list:
     """The report's rows, from the run directories alone."""
+    from .train.runner import eval_curve
+
     grid = Grid(preset, out)
     runs = _closure(grid, _read_results(grid.runs({})))
     results = _read_results(runs)
@@ -584,7 +577,7 @@ def collect(preset: Preset, out: str) -> list:
                 at_best = [r for r in mine if best is not None and r.lr == best.lr]
                 ended = [results[r.directory] for r in at_best if r.directory in results]
                 good = [res for res in ended if "failed" not in res]
-                curves = [[(e["step"], e["eval_accuracy"]) for e in _evals(r.directory)] for r in at_best
+                curves = [eval_curve(r.directory) for r in at_best
                           if r.directory in results and "failed" not in results[r.directory]]
                 rows.append(Row(
                     section.name, task.name, arm,

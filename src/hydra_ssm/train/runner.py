@@ -145,13 +145,18 @@ def late_gain(evals: list[tuple[int, float]]) -> float | None:
     return evals[-1][1] - (before[-1] if before else evals[0][1])
 
 
-def run_late_gain(run_dir: str) -> float | None:
-    """:func:`late_gain` of a run directory's metrics.jsonl (None if it has none)."""
+def eval_curve(run_dir: str) -> list[tuple[int, float]]:
+    """(step, validation accuracy) of every evaluation in a run directory's metrics.jsonl ([] without one)."""
     try:
         evals = read_metrics(run_dir)[1]
     except OSError:
-        return None
-    return late_gain([(e["step"], e["eval_accuracy"]) for e in evals])
+        return []
+    return [(e["step"], e["eval_accuracy"]) for e in evals]
+
+
+def run_late_gain(run_dir: str) -> float | None:
+    """:func:`late_gain` of a run directory's metrics.jsonl (None if it has none)."""
+    return late_gain(eval_curve(run_dir))
 
 
 def table(results: list[dict]) -> str:
