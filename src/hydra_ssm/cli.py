@@ -4,7 +4,8 @@
     hydra-ssm compare     the same for a list of mixers and tasks
     hydra-ssm evaluate    evaluate a saved model on its task's validation data
     hydra-ssm study       the matrix-mixer study: a grid of runs and its report (docs/results.md)
-    hydra-ssm bench | bench-mixers | bench-packing | bench-stream | bench-context-parallel | bench-state-tracking | plot
+    hydra-ssm bench | bench-mixers | bench-packing | bench-stream | bench-context-parallel | bench-state-tracking |
+                          bench-profile | plot
                           benchmark and plotting scripts
 
 Bad options and bad data stop with one line on stderr (exit status 2) before
@@ -29,6 +30,8 @@ PASSTHROUGH = {
     "bench-context-parallel": ("hydra_ssm.bench.context_parallel", "benchmark one Hydra layer split over 1, 2, 4 "
                                "processes: time, memory per rank, bytes exchanged (hydra_ssm.bench.context_parallel)"),
     "bench-stream": ("hydra_ssm.bench.stream", "working memory of Hydra.stream against L (hydra_ssm.bench.stream)"),
+    "bench-profile": ("hydra_ssm.bench.profile", "where the time goes: torch.profiler tables of the Hydra layer and "
+                      "of the main job's training step (hydra_ssm.bench.profile)"),
     "bench-state-tracking": ("hydra_ssm.bench.state_tracking", "which mixers learn parity and the S5 word problem "
                              "at which length: a seeded study of tiny trained models (hydra_ssm.bench.state_tracking)"),
     "study": ("hydra_ssm.study", "the matrix-mixer study: a declared grid of runs (mixers x forms x tasks x rates "

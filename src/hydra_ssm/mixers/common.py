@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from .._checks import check_choice, check_positive_ints, check_sequence_input, value_checks_enabled
+from .._checks import check_choice, check_positive_ints, check_sequence_input, tracing, value_checks_enabled
 
 ACTIVATIONS = ("silu", "swish")
 
@@ -91,3 +91,48 @@ def check_contiguous_mask(mask: torch.Tensor) -> None:
     ok = (count == 0) | (last - first + 1 == count)
     if not bool(ok.all()):
         raise ValueError("attention_mask must mark one contiguous run of valid tokens per row (padding on the left and/or right)")
+
+
+
+class _ConvSiLU(torch.autograd.Function):
+    """``silu(depthwise conv1d(x))`` that saves only its input: backward recomputes the convolution.
+
+    x (B, L, C) channels-last (a view is fine). The output is (B, L, C) with the convolution's (B, C, L)
+    layout underneath, as ``F.silu(conv1d(x.transpose(1, 2))).transpose(1, 2)`` gives. Neither the
+    pre-activation nor the output is kept for backward (one (B, L, C) tensor less per layer), and the SiLU
+    derivative is taken on contiguous tensors.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, padding):
+        # a contiguous (B, C, L) copy first: the depthwise convolution runs several times faster on it
+        pre = F.conv1d(x.transpose(1, 2).contiguous(), weight, bias, padding=padding, groups=weight.shape[0])
+        ctx.padding = padding
+        ctx.save_for_backward(x, weight, bias)
+        return F.silu(pre).transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        xt = x.transpose(1, 2).contiguous()
+        channels = weight.shape[0]
+        pre = F.conv1d(xt, weight, bias, padding=ctx.padding, groups=channels)  # (B, C, L), recomputed
+        sig = torch.sigmoid(pre)
+        # silu'(pre) = sig (1 + pre (1 - sig)), times the incoming gradient: the pre-activation's gradient
+        dpre = torch.rsub(sig, 1).mul_(pre).add_(1).mul_(sig).mul_(dout.transpose(1, 2))
+        del pre, sig
+        need = ctx.needs_input_grad
+        dx, dweight, dbias = torch.ops.aten.convolution_backward(
+            dpre, xt, weight, None if bias is None else [channels], [1], [ctx.padding], [1], False, [0], channels,
+            [need[0], need[1], bias is not None and need[2]])
+        return (None if dx is None else dx.transpose(1, 2)), dweight, dbias, None
+
+
+def conv_silu(x: torch.Tensor, conv1d: nn.Conv1d) -> torch.Tensor:
+    """``silu(conv1d(x))`` for x (B, L, C) channels-last, through the layer's depthwise ``conv1d`` (zero padding
+    keeps the length). While autograd records, the recomputing :class:`_ConvSiLU` (less memory, faster
+    backward); under autocast or tracing (export), and without gradients, the plain modules."""
+    plain = not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type) or tracing()
+    if plain or not (x.requires_grad or conv1d.weight.requires_grad):
+        return F.silu(conv1d(x.transpose(1, 2))).transpose(1, 2)
+    return _ConvSiLU.apply(x, conv1d.weight, conv1d.bias, conv1d.padding[0])

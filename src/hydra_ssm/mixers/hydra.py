@@ -19,8 +19,8 @@ from ..ops.bidirectional import combine_directions, combine_matrices, diagonal_t
 from ..ops.boundary import EnteringStates, SegmentSummary, entering_state_readout, entering_states, segment_summary
 from ..ops._layout import PackedLayout
 from ..ops.quasiseparable import resolve_backend
-from .common import (check_layer_sizes, check_padded_input, decay_rate, dt_bias, in_proj_and_conv, token_diagonal,
-                     work_dtype)
+from .common import (check_layer_sizes, check_padded_input, conv_silu, decay_rate, dt_bias, in_proj_and_conv,
+                     token_diagonal, work_dtype)
 from .context_parallel import check_group, exchange_halo, gather_summaries, shard_layout
 from .norm import GatedRMSNorm
 from .registry import SequenceMixer, check_packed_row, register_mixer
@@ -275,7 +275,7 @@ class Hydra(SequenceMixer):
 
             xBC = depthwise_conv_silu_triton(xBC, self.conv1d.weight, self.conv1d.bias)
         else:
-            xBC = F.silu(self.conv1d(xBC.transpose(1, 2)).transpose(1, 2))
+            xBC = conv_silu(xBC, self.conv1d)
         if self.shared_bc:
             x, B_f, C_f = torch.split(xBC, [self.d_inner, self.bc_dim, self.bc_dim], dim=-1)
             B_b, C_b = B_f, C_f

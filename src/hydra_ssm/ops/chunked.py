@@ -350,7 +350,8 @@ class _ChunkScan(torch.autograd.Function):
                 _one_direction_block(M, sl, one, outside, g)
             _bmm_into(y[sl], M, x[sl], False)
             for t, ent in zip(tensors, entering):
-                _bmm_into(y[sl], _per_head(t.C[sl], torch.exp(t.r[sl]).to(x.dtype)), ent[sl], True)
+                if not _enters_zero(c, t):
+                    _bmm_into(y[sl], _per_head(t.C[sl], torch.exp(t.r[sl]).to(x.dtype)), ent[sl], True)
 
         ctx.dirs, ctx.chunk_size, ctx.resets = dirs, chunk_size, resets
         ctx.has_init = [t.init is not None for t in tensors]
@@ -455,13 +456,29 @@ def _bidirectional_block_backward(M, dM, X, W, sl, tensors, grads, below, g):
         grad.B[sl] += dcb_part.transpose(-1, -2) @ t.C[sl]
 
 
+def _enters_zero(nchunks: int, t: DirectionTensors) -> bool:
+    """Whether every chunk's entering state is zero: one chunk, and no initial state."""
+    return nchunks == 1 and t.init is None
+
+
+def _zero_grads(t: DirectionTensors) -> DirectionTensors:
+    return DirectionTensors(C=torch.zeros_like(t.C), B=torch.zeros_like(t.B), dt=torch.zeros_like(t.dt),
+                            r=torch.zeros_like(t.r), k=torch.zeros_like(t.k), T=torch.zeros_like(t.T), init=None)
+
+
 def _states_backward(d, t: DirectionTensors, resets: frozenset, dfinal, x, dy, dx, g, accumulate) -> DirectionTensors:
     """Gradients of one direction's across-chunk terms; writes (or adds) its part of dx.
 
     Returns the gradients of t's fields (the intra-chunk terms are added later).
     One direction at a time, so only its entering states and their gradients are alive.
+    A single chunk with no initial state and no gradient of the final state has no
+    across-chunk terms: zero gradients, and dx's part is zero.
     """
     c, b, h, q, p = x.shape
+    if _enters_zero(c, t) and dfinal is None:
+        if not accumulate:
+            dx.zero_()
+        return _zero_grads(t)
     # recompute the states entering each chunk (forward steps 1-2)
     ent = _chunk_states(x, t.B, t.dt, t.k, t.T, g)
     _carry_in_place(ent, t.T, t.init, d.lower, resets)
@@ -489,9 +506,7 @@ def _states_backward(d, t: DirectionTensors, resets: frozenset, dfinal, x, dy, d
             state_grad = dfinal[max(run, 0)]  # (run -1: the first chunk visited, the loop's last step)
         else:
             state_grad = to_prev
-    grad = DirectionTensors(C=torch.zeros_like(t.C), B=torch.zeros_like(t.B), dt=torch.zeros_like(t.dt),
-                            r=torch.zeros_like(t.r), k=torch.zeros_like(t.k), T=torch.zeros_like(t.T),
-                            init=None if t.init is None else init_grad)
+    grad = _zero_grads(t)._replace(init=None if t.init is None else init_grad)
     for sl in slabs:
         Cs, Bs, dts, rs, ks, Ts = t.C[sl], t.B[sl], t.dt[sl], t.r[sl], t.k[sl], t.T[sl]
         ents, dSs, xs, dys = ent[sl], dS[sl], x[sl], dy[sl]
