@@ -1,4 +1,4 @@
-"""Benchmark: the Hydra layer against multi-head attention, fused against two-pass.
+"""Benchmark: the Hydra layer against multi-head attention; its fused scan against the two-pass form and a peer.
 
 Prints a markdown table (and optionally writes it with a JSON copy). Nothing
 here asserts: it measures, inside one run, so ratios are comparable.
@@ -12,6 +12,11 @@ with ``out.sum().backward()``. Peak memory of forward+backward is measured in a
 fresh subprocess per cell as the growth of peak resident memory, VmHWM - VmRSS before the call (CPU), or
 ``torch.cuda.max_memory_allocated`` (CUDA). FLOPs are counted with
 ``torch.utils.flop_counter`` (matmul-like ops only, recomputation included).
+
+The peer column (CPU table) computes the same mixer as two passes of transformers' pure-PyTorch
+Mamba-2 scan (``mamba2_chunk_scan``, what its Mamba-2 models run without mamba_ssm), shifted and
+added as in ``quasiseparable_two_pass``, at the fastest of ``PEER_CHUNKS`` for each length (one timed
+run each); it needs the ``hf`` extra and is left out without it.
 """
 
 from __future__ import annotations
@@ -45,7 +50,7 @@ def build(kind: str, d_model: int, length: int, batch: int, device, chunk_size: 
         layer = MultiHeadAttention(d_model, num_heads=8, device=device)
         u = torch.randn(batch, length, d_model, device=device)
         return lambda: layer(u), layer
-    if kind in ("fused", "two_pass"):
+    if kind in ("fused", "two_pass", "peer"):
         # the scan core at the shapes the Hydra layer of this width uses
         h, p, n, g = 2 * d_model // 64, 64, 64, 1
         gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -58,10 +63,49 @@ def build(kind: str, d_model: int, length: int, batch: int, device, chunk_size: 
         A = (-torch.rand(h, generator=gen) - 0.5).to(device).requires_grad_()
         Bf, Cf, Bb, Cb = (rnd(batch, length, g, n, scale=0.1) for _ in range(4))
         D = rnd(batch, length, h)
-        fn = quasiseparable_chunked if kind == "fused" else quasiseparable_two_pass
+        fn = {"fused": quasiseparable_chunked, "two_pass": quasiseparable_two_pass, "peer": peer_two_pass}[kind]
         params = [x, *dts, A, Bf, Cf, Bb, Cb, D]
         return (lambda: fn(x, dts[0], dts[1], A, Bf, Cf, Bb, Cb, D, chunk_size=chunk_size)), params
     raise ValueError(f"unknown benchmark kind {kind!r}")
+
+
+# ---------------------------------------------------------------- the peer: transformers' pure-PyTorch Mamba-2 scan
+PEER_CHUNKS = (64, 128, 256, 512)  # the chunk sizes tried for the peer; each length keeps its fastest
+
+
+def load_peer_scan():
+    """transformers' pure-PyTorch chunked Mamba-2 scan (``mamba2_chunk_scan``, what its Mamba-2 models run
+    without mamba_ssm), unwrapped from the decorator that would route it to other packages' kernels; raises
+    ImportError when transformers (the ``hf`` extra) is missing or has no such function."""
+    import inspect
+
+    from transformers.models.mamba2 import modeling_mamba2
+
+    scan = getattr(modeling_mamba2, "mamba2_chunk_scan", None)
+    if scan is None:
+        raise ImportError(f"transformers {modeling_mamba2.__name__} has no mamba2_chunk_scan")
+    return inspect.unwrap(scan)
+
+
+def peer_two_pass(x, dt_fwd, dt_bwd, A, B_fwd, C_fwd, B_bwd, C_bwd, D=None, chunk_size: int = 256):
+    """Hydra's mixer as two passes of the peer's causal scan: one on x, one on the flipped x, shifted and
+    added, plus D x (``combine_directions``); same arguments as ``quasiseparable_chunked``."""
+    from hydra_ssm.ops.bidirectional import combine_directions
+
+    scan = load_peer_scan()
+    y_fwd = scan(x, dt_fwd, A, B_fwd, C_fwd, chunk_size)
+    y_bwd = scan(x.flip(1), dt_bwd.flip(1), A, B_bwd.flip(1), C_bwd.flip(1), chunk_size)
+    return combine_directions(y_fwd, y_bwd, x, D)
+
+
+def fastest_peer_chunk(d_model: int, length: int, batch: int, device) -> int:
+    """The chunk size of PEER_CHUNKS (up to the length) with the shortest forward+backward, one timed run each."""
+    candidates = [q for q in PEER_CHUNKS if q <= max(length, PEER_CHUNKS[0])]
+    times = {}
+    for n, q in enumerate(candidates):
+        fn, owner = build("peer", d_model, length, batch, device, q)
+        times[q], _ = time_call(fn, owner, True, device, repeats=1, budget=0.0, warmup=int(n == 0))
+    return min(times, key=times.get)
 
 
 def _zero_grads(owner):
@@ -576,14 +620,23 @@ def main(argv: list[str] | None = None) -> int:
           f"setup: batch {args.batch}, d_model {args.d_model}, Hydra defaults (d_state 64, headdim 64, "
           f"expand 2, chunk_size {args.chunk_size}); attention: 8 heads, qkv/out projections, SDPA\n", flush=True)
 
+    try:
+        load_peer_scan()
+        peer = True
+    except ImportError as err:
+        print(f"peer row skipped: {err} (pip install 'hydra-ssm[hf]')", file=sys.stderr)
+        peer = False
     rows = []
     for length in args.lengths + args.hydra_only_lengths:
         full = length in args.lengths
-        kinds = ["hydra", "mha", "fused", "two_pass"] if full else ["hydra"]
+        kinds = ["hydra", "mha", "fused", "two_pass"] + (["peer"] if peer else []) if full else ["hydra"]
         row = {"L": length}
         for kind in kinds:
-            fn, owner = build(kind, args.d_model, length, args.batch, args.device, args.chunk_size)
-            if kind != "fused" and kind != "two_pass":
+            chunk = args.chunk_size
+            if kind == "peer":
+                chunk = row["peer_chunk"] = fastest_peer_chunk(args.d_model, length, args.batch, args.device)
+            fn, owner = build(kind, args.d_model, length, args.batch, args.device, chunk)
+            if kind in ("hydra", "mha"):
                 row[f"{kind}_fwd"], _ = time_call(fn, owner, False, args.device, args.repeats, args.budget)
             row[f"{kind}_fwdbwd"], row[f"{kind}_runs"] = time_call(fn, owner, True, args.device, args.repeats,
                                                                    args.budget)
@@ -599,8 +652,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
 
     header = ("| L | Hydra fwd | Hydra fwd+bwd | Hydra peak | MHA fwd | MHA fwd+bwd | MHA peak | Hydra vs MHA "
-              "(fwd+bwd) | fused scan fwd+bwd | two-pass fwd+bwd | fused vs two-pass | scan GFLOP/s | "
-              "matmul GFLOP/s | scan / matmul |")
+              "(fwd+bwd) | fused scan fwd+bwd | two-pass fwd+bwd | fused vs two-pass | peer fwd+bwd (chunk) | "
+              "fused vs peer | scan GFLOP/s | matmul GFLOP/s | scan / matmul |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for r in rows:
         scan = r["fused_gflop"] / r["fused_fwdbwd"] if "fused_fwdbwd" in r else None
@@ -611,6 +664,8 @@ def main(argv: list[str] | None = None) -> int:
             fmt_ratio(r.get("mha_fwdbwd"), r.get("hydra_fwdbwd")),
             fmt_s(r.get("fused_fwdbwd")), fmt_s(r.get("two_pass_fwdbwd")),
             fmt_ratio(r.get("two_pass_fwdbwd"), r.get("fused_fwdbwd")),
+            "—" if "peer_fwdbwd" not in r else f"{fmt_s(r['peer_fwdbwd'])} ({r['peer_chunk']})",
+            fmt_ratio(r.get("peer_fwdbwd"), r.get("fused_fwdbwd")),
             "—" if scan is None else f"{scan:.0f}", f"{r['matmul_gflops']:.0f}",
             "—" if scan is None else f"{scan / r['matmul_gflops']:.0%}",
         ]) + " |")
