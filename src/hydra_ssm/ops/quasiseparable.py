@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ._layout import PackedLayout, check_chunk_size, sequence_slices, to_chunks
-from .bidirectional import diagonal_term, shift_later
+from .bidirectional import shift_later
 from ._shapes import check_cu_seqlens, check_hydra_args, compute_dtype
 from .chunked import Direction, DirectionTensors, chunk_scan, log_decays
 from .reference import quasiseparable_ref
@@ -55,8 +55,8 @@ def _zero_at(positions: list[int], t):
 
 
 def _add_diag(y, x, D):
-    diag = diagonal_term(x, D)
-    return y if diag is None else y + diag
+    """y + D x in one pass (D None, (H,) or (B, L, H))."""
+    return y if D is None else torch.addcmul(y, x, D.to(x.dtype).unsqueeze(-1))
 
 
 BACKENDS = ("auto", "torch", "triton")

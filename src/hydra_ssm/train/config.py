@@ -94,7 +94,8 @@ class TrainConfig:
     d_conv: int = _f(7, "Hydra convolution width (odd)")
     expand: int = _f(2, "Hydra expansion factor")
     headdim: int = _f(32, "Hydra head dimension")
-    chunk_size: int = _f(128, "Hydra chunk size (capped by the sequence length)")
+    chunk_size: int = _f(64, "Hydra chunk size (capped by the sequence length; 64 is the fastest on CPUs, see "
+                                "hydra-ssm bench-profile)")
     num_heads: int = _f(4, "attention heads (mha)")
     mixer_options: dict = field(default_factory=dict, metadata={
         "help": "mixer-specific option KEY=VALUE (repeatable; VALUE read as a Python literal, else a string, e.g. "
