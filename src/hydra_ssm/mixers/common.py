@@ -95,26 +95,28 @@ def check_contiguous_mask(mask: torch.Tensor) -> None:
 
 
 class _ConvSiLU(torch.autograd.Function):
-    """``silu(depthwise conv1d(x))`` that saves only its input: backward recomputes the convolution.
+    """``silu(depthwise conv1d(x))`` that keeps only a (B, C, L) copy of its input: backward recomputes the
+    convolution.
 
     x (B, L, C) channels-last (a view is fine). The output is (B, L, C) with the convolution's (B, C, L)
-    layout underneath, as ``F.silu(conv1d(x.transpose(1, 2))).transpose(1, 2)`` gives. Neither the
-    pre-activation nor the output is kept for backward (one (B, L, C) tensor less per layer), and the SiLU
-    derivative is taken on contiguous tensors.
+    layout underneath, as ``F.silu(conv1d(x.transpose(1, 2))).transpose(1, 2)`` gives. The copy is what the
+    depthwise convolution needs anyway (it runs several times faster on it than on the transposed view),
+    and keeping it instead of x lets the tensor x is a view of (in Hydra, the whole in_proj output) go as
+    soon as its other readers are done. Neither the pre-activation nor the output is kept for backward,
+    and the SiLU derivative is taken on contiguous tensors.
     """
 
     @staticmethod
     def forward(ctx, x, weight, bias, padding):
-        # a contiguous (B, C, L) copy first: the depthwise convolution runs several times faster on it
-        pre = F.conv1d(x.transpose(1, 2).contiguous(), weight, bias, padding=padding, groups=weight.shape[0])
+        xt = x.transpose(1, 2).contiguous()
+        pre = F.conv1d(xt, weight, bias, padding=padding, groups=weight.shape[0])
         ctx.padding = padding
-        ctx.save_for_backward(x, weight, bias)
+        ctx.save_for_backward(xt, weight, bias)
         return F.silu(pre).transpose(1, 2)
 
     @staticmethod
     def backward(ctx, dout):
-        x, weight, bias = ctx.saved_tensors
-        xt = x.transpose(1, 2).contiguous()
+        xt, weight, bias = ctx.saved_tensors
         channels = weight.shape[0]
         pre = F.conv1d(xt, weight, bias, padding=ctx.padding, groups=channels)  # (B, C, L), recomputed
         sig = torch.sigmoid(pre)
