@@ -249,3 +249,43 @@ def test_gated_rms_norm_matches_autograd_reference(gated):
     torch.testing.assert_close(norm(x, z), gated_rms_norm_ref(x, z, norm.weight, norm.eps))
     for g_fast, g_ref in zip(*grads):
         torch.testing.assert_close(g_fast, g_ref)
+
+
+@given(batch=st.integers(0, 3), length=st.integers(1, 12), channels=st.integers(1, 6),
+       half_width=st.integers(0, 3), bias=st.booleans(), offset=st.integers(0, 3), seed=st.integers(0, 2**16))
+def test_conv_silu_matches_the_modules_with_gradients(batch, length, channels, half_width, bias, offset, seed):
+    """The recomputing conv + SiLU against ``silu(conv1d(x))`` written with the modules, on a channels-last view
+    of a wider tensor (as Hydra's in_proj output): outputs and the gradients of x, weight and bias."""
+    from hydra_ssm.mixers.common import conv_silu
+
+    gen = torch.Generator().manual_seed(seed)
+    conv = torch.nn.Conv1d(channels, channels, 2 * half_width + 1, groups=channels, padding=half_width,
+                           bias=bias).double()
+    with torch.no_grad():
+        for p in conv.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    wide = torch.randn(batch, length, channels + 2 * offset + 1, generator=gen, dtype=torch.float64,
+                       requires_grad=True)
+    x = wide[..., offset:offset + channels]
+    out = conv_silu(x, conv)
+    ref = F.silu(conv(x.transpose(1, 2))).transpose(1, 2)
+    torch.testing.assert_close(out, ref)
+    weight = torch.randn(ref.shape, generator=gen, dtype=torch.float64)
+    leaves = [wide, *conv.parameters()]
+    for got, want in zip(torch.autograd.grad((out * weight).sum(), leaves, allow_unused=True),
+                         torch.autograd.grad((ref * weight).sum(), leaves, allow_unused=True)):
+        torch.testing.assert_close(got, want)
+
+
+def test_conv_silu_keeps_no_activation_for_backward():
+    """What the recomputing conv + SiLU saves: its input's (B, C, L) copy and the parameters, nothing of the size
+    of its output besides."""
+    from hydra_ssm.mixers.common import conv_silu
+
+    conv = torch.nn.Conv1d(8, 8, 7, groups=8, padding=3)
+    x = torch.randn(2, 50, 8, requires_grad=True)
+    out = conv_silu(x, conv)
+    saved = [t for t in out.grad_fn.saved_tensors if t is not None]
+    assert sum(t.numel() for t in saved) == x.numel() + sum(p.numel() for p in conv.parameters())
+    with torch.no_grad():  # no graph: the plain modules
+        torch.testing.assert_close(conv_silu(x, conv), F.silu(conv(x.transpose(1, 2))).transpose(1, 2))

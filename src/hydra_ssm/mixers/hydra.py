@@ -364,6 +364,9 @@ class Hydra(SequenceMixer):
     def _output(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Gated norm and out_proj of the scan's output y (B, L, H, P) with the gate z: (B, L, d_model)."""
         y = rearrange(y, "b l h p -> b l (h p)")
+        if torch.is_grad_enabled():
+            # the norm saves z: a copy, so that the rest of in_proj's output (x, B, C, dt) is not kept with it
+            z = z.contiguous()
         if self._fused_neighbours(y):
             from ..ops.triton import gated_rms_norm_triton
 
