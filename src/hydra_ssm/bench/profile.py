@@ -24,7 +24,6 @@ import argparse
 import statistics
 import sys
 import time
-import types
 from collections import defaultdict
 
 import torch
@@ -117,23 +116,18 @@ def profile_layer(length: int, d_model: int, top: int) -> str:
 
 # ---------------------------------------------------------------- the main job
 def main_job_models(cfg=None):
-    """{mixer: model} of the default main job (``hydra-ssm train`` with no options): Hydra first, then attention
-    with its MLP sized to match Hydra's parameters, as the runner builds them."""
+    """(cfg, {mixer: model}) of the default main job (``hydra-ssm train`` with no options): Hydra, then attention
+    with its MLP sized to match Hydra's parameters (`mlp_widths`, as the runner sizes them)."""
     from hydra_ssm.train.config import TrainConfig
-    from hydra_ssm.train.loop import build_model, count_params, matched_intermediate
+    from hydra_ssm.train.loop import build_model, mlp_widths
+    from hydra_ssm.train.tasks import TaskData
 
     cfg = cfg or TrainConfig()
-    task = types.SimpleNamespace(kind="mlm", vocab_size=cfg.vocab_size, seq_len=cfg.seq_len, num_labels=0, info={})
+    task = TaskData("mlm", {}, {}, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
     models = {}
-    target = None
-    for mixer in cfg.mixers:
-        inter = cfg.intermediate_size
-        if target is None:
-            target = count_params(cfg, task, mixer, inter)
-        elif cfg.match_params:
-            inter = matched_intermediate(cfg, task, mixer, target)
+    for mixer, width in mlp_widths(cfg, task, cfg.mixers).items():
         torch.manual_seed(cfg.seed)
-        models[mixer] = build_model(cfg, task, mixer, inter)
+        models[mixer] = build_model(cfg, task, mixer, width)
     return cfg, models
 
 

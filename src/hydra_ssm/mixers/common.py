@@ -93,7 +93,6 @@ def check_contiguous_mask(mask: torch.Tensor) -> None:
         raise ValueError("attention_mask must mark one contiguous run of valid tokens per row (padding on the left and/or right)")
 
 
-
 class _ConvSiLU(torch.autograd.Function):
     """``silu(depthwise conv1d(x))`` that keeps only a (B, C, L) copy of its input: backward recomputes the
     convolution.

@@ -165,6 +165,14 @@ def matched_intermediate(cfg, task, mixer, target: int) -> int:
     return best if abs(count_params(cfg, task, mixer, best) - target) < abs(count_params(cfg, task, mixer, 0) - target) else 0
 
 
+def mlp_widths(cfg: TrainConfig, task: TaskData, mixers: list[str]) -> dict[str, int]:
+    """The MLP width of each mixer's model: ``cfg.intermediate_size``; with ``cfg.match_params``, every mixer after
+    the first gets the width that matches the first one's parameter count (`matched_intermediate`)."""
+    target = count_params(cfg, task, mixers[0], cfg.intermediate_size)
+    return {m: matched_intermediate(cfg, task, m, target) if i and cfg.match_params else cfg.intermediate_size
+            for i, m in enumerate(mixers)}
+
+
 def build_model(cfg: TrainConfig, task: TaskData, mixer: str, intermediate_size: int):
     if cfg.init_from and task.kind == "seqcls":
         cls = model_class(task)

@@ -11,7 +11,7 @@ from .checkpoints import atomic_json, atomic_write, load_model_dir, make_output_
 from .config import TrainConfig, UsageError
 from .tasks import TaskData, classify_data, image_data, mlm_data
 from .tokenization import load_tokenizer, save_tokenizer
-from .loop import Dist, count_params, matched_intermediate, model_config, train_run
+from .loop import Dist, mlp_widths, model_config, train_run
 
 
 def task_label(cfg: TrainConfig, task: str) -> str:
@@ -99,14 +99,11 @@ def _run(cfg: TrainConfig) -> list[dict]:
             if start.get("use_position_embeddings") and cfg.seq_len > longest:
                 raise UsageError(f"--seq-len {cfg.seq_len} is longer than the {longest} positions of the --init-from "
                                  f"model ({cfg.init_from}); use --seq-len {longest} or less")
-        widths = {}
         for m in mixers:
             model_config(cfg, td, m, cfg.intermediate_size)  # validates
-        target = count_params(cfg, td, mixers[0], cfg.intermediate_size)
-        for i, m in enumerate(mixers):
-            widths[m] = cfg.intermediate_size
-            if i and cfg.match_params and len(mixers) > 1:
-                widths[m] = matched_intermediate(cfg, td, m, target)
+        widths = mlp_widths(cfg, td, mixers)
+        for m in mixers:
+            if widths[m] != cfg.intermediate_size:
                 model_config(cfg, td, m, widths[m])
         plan += [(task, m, widths[m]) for m in mixers]
     for task, mixer, width in plan:  # another run's checkpoints, or a resume with changed options: stop now
