@@ -8,9 +8,10 @@ Two targets:
 
 * ``layer``: one forward+backward of the Hydra layer of ``bench`` (d_model 512, defaults), batch 1,
   per length, after one untimed warm-up;
-* ``main-job``: training steps (forward, backward, AdamW) of the models that ``hydra-ssm train`` builds
-  by default (width 128, 2 blocks, L = 128, batch 16, masked tokens), Hydra and attention with matched
-  parameters, on random tokens; tokens/s of each over ``--steps`` steps after warm-up, in one run.
+* ``main-job``: training steps (the training loop's loss, backward, clipping, AdamW) of the models that
+  ``hydra-ssm train`` builds by default (width 128, 2 blocks, L = 128, batch 16), Hydra and attention with
+  matched parameters, on one batch of random tokens masked as the loop masks them; tokens/s of each over
+  ``--steps`` steps after warm-up, in one run.
 
 For each, a table of the operators by self CPU time (what each op spent outside the ops it called), and
 the same time gathered into kinds: matmuls, elementwise passes, copies and layout changes, reductions,
@@ -116,36 +117,36 @@ def profile_layer(length: int, d_model: int, top: int) -> str:
 
 # ---------------------------------------------------------------- the main job
 def main_job_models(cfg=None):
-    """(cfg, {mixer: model}) of the default main job (``hydra-ssm train`` with no options): Hydra, then attention
-    with its MLP sized to match Hydra's parameters (`mlp_widths`, as the runner sizes them)."""
+    """(cfg, task, {mixer: model}) of the default main job (``hydra-ssm train`` with no options): Hydra, then
+    attention with its MLP sized to match Hydra's parameters (`mlp_widths`, as the runner sizes them). The
+    task holds one batch of random token rows of the job's vocabulary and length."""
     from hydra_ssm.train.config import TrainConfig
     from hydra_ssm.train.loop import build_model, mlp_widths
     from hydra_ssm.train.tasks import TaskData
 
     cfg = cfg or TrainConfig()
-    task = TaskData("mlm", {}, {}, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
+    rows = torch.randint(5, cfg.vocab_size, (cfg.batch_size, cfg.seq_len), generator=torch.Generator().manual_seed(0))
+    task = TaskData("mlm", {"input_ids": rows}, {}, vocab_size=cfg.vocab_size, seq_len=cfg.seq_len)
     models = {}
     for mixer, width in mlp_widths(cfg, task, cfg.mixers).items():
         torch.manual_seed(cfg.seed)
         models[mixer] = build_model(cfg, task, mixer, width)
-    return cfg, models
+    return cfg, task, models
 
 
-def train_step_fn(model, cfg, seed: int = 0):
-    """One training step of ``model`` on a fixed random batch: masked-LM loss, backward, clipping, AdamW."""
-    gen = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(5, cfg.vocab_size, (cfg.batch_size, cfg.seq_len), generator=gen)
-    labels = torch.full_like(input_ids, -100)
-    masked = torch.rand(input_ids.shape, generator=gen) < cfg.mask_prob
-    labels[masked] = input_ids[masked]
-    input_ids = input_ids.masked_fill(masked, 4)
-    attention_mask = torch.ones_like(input_ids)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def train_step_fn(model, cfg, task):
+    """One training step of ``model`` as the training loop runs it, on the task's first batch (masked as the loop
+    masks it, once): the loop's loss (`loss_terms`), backward, clipping, AdamW."""
+    from hydra_ssm.train.batching import make_batch
+    from hydra_ssm.train.loop import loss_terms, param_groups
+
+    batch = make_batch(task, "train", list(range(cfg.batch_size)), mask_prob=cfg.mask_prob,
+                       gen=torch.Generator().manual_seed(cfg.seed))
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     model.train()
 
     def step():
-        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-        loss = torch.nn.functional.cross_entropy(logits[masked], labels[masked])
+        loss, _, _ = loss_terms(model, batch, task.kind)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -155,8 +156,8 @@ def train_step_fn(model, cfg, seed: int = 0):
 
 
 def profile_main_job(steps: int, top: int) -> str:
-    cfg, models = main_job_models()
-    fns = {mixer: train_step_fn(model, cfg) for mixer, model in models.items()}
+    cfg, task, models = main_job_models()
+    fns = {mixer: train_step_fn(model, cfg, task) for mixer, model in models.items()}
     for fn in fns.values():
         for _ in range(3):  # warm-up
             fn()
